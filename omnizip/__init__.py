@@ -1,0 +1,23 @@
+"""omnizip: training-free audio-guided token compression (OmniZip) for omnimodal LLMs."""
+
+from .config import PRESETS, OmniZipConfig
+from .core import (
+    CompressionResult,
+    audio_attention_scores,
+    audio_energy_scores,
+    compress_sequence,
+    pool_audio_scores,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CompressionResult",
+    "OmniZipConfig",
+    "__version__",
+    "audio_attention_scores",
+    "audio_energy_scores",
+    "compress_sequence",
+    "pool_audio_scores",
+]

@@ -1,0 +1,135 @@
+"""An offline ``Qwen2_5OmniProcessor`` (no download) matching the real checkpoint's input format.
+
+The real processor is ``WhisperFeatureExtractor(feature_size=128)`` for audio, the Qwen2-VL
+image and video processors (14-pixel patches, temporal patch 2, 2x2 merge) and the Qwen2
+tokenizer with a chat template. Here everything is the real class with the real settings except
+the tokenizer: a tiny byte-level BPE trained in memory on a few sentences, whose special tokens
+sit at the real ids (``<|AUDIO|>`` = 151646, ``<|VIDEO|>`` = 151656, ...). Token ids of ordinary
+words therefore differ from the real tokenizer, but the placeholder layout the processor builds
+(audio/video interleaving in 2-second chunks, ``<|vision_bos|><|audio_bos|> ... ``) and every
+multimodal tensor are exactly those of the real pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .tiny_model import QWEN2_5_OMNI_SPECIAL_TOKENS
+
+__all__ = ["CHAT_TEMPLATE", "build_offline_processor", "build_offline_tokenizer"]
+
+# Same layout as the Qwen2.5-Omni chat template: a default system turn, one placeholder block per
+# medium (<|vision_bos|><|VIDEO|><|vision_eos|> is expanded by the processor, into the
+# interleaved audio/video layout when the video's audio track is used).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif item['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif item['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "You are a helpful assistant.",
+    "Describe what happens in the video and what the speaker says.",
+    "What is the person saying? Summarise the audio.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please answer the question about the picture, the sound and the clip.",
+    "system user assistant hello world test pattern moving colour bars speech silence",
+]
+
+
+def build_offline_tokenizer(vocab_size: int = 800) -> Any:
+    """A tiny byte-level BPE tokenizer with the real Qwen2.5-Omni special tokens and ids.
+
+    Returns a transformers ``TokenizersBackend`` (the v5 fast tokenizer) whose
+    ``image_token``/``audio_token``/``video_token`` (+ ``*_id``) and ``vision_bos_token`` etc.
+    attributes are what ``Qwen2_5OmniProcessor`` reads. Any text encodes (byte fallback through
+    the byte-level alphabet); ids the BPE does not know decode to nothing.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS, trainer)
+    # Put the special tokens at their real ids: the BPE vocabulary is a map, so ids may be sparse.
+    spec = json.loads(bpe.to_str())
+    spec["model"]["vocab"].update(QWEN2_5_OMNI_SPECIAL_TOKENS)
+    bpe = Tokenizer.from_str(json.dumps(spec))
+    bpe.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in QWEN2_5_OMNI_SPECIAL_TOKENS]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        extra_special_tokens={
+            "image_token": "<|IMAGE|>",
+            "audio_token": "<|AUDIO|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        },
+    )
+
+
+def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | None = None) -> Any:
+    """A ``Qwen2_5OmniProcessor`` built offline with the real checkpoint's processing settings.
+
+    Args:
+        max_pixels / min_pixels: optional per-frame pixel bounds for images and video frames
+            (the real defaults are 768*28*28 / 128*28*28 for video); tests pass small values to
+            keep token counts low.
+    """
+    from transformers import (
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400,
+        padding_value=0.0, return_attention_mask=True,
+    )
+    size: dict[str, int] = {}
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    img_kw: dict[str, Any] = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+    vid_kw: dict[str, Any] = dict(img_kw)
+    if size:
+        img_kw["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280, **size}
+        vid_kw["size"] = {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28, **size}
+    image_processor = Qwen2VLImageProcessor(**img_kw)
+    video_processor = Qwen2VLVideoProcessor(**vid_kw)
+    return Qwen2_5OmniProcessor(
+        image_processor=image_processor,
+        video_processor=video_processor,
+        feature_extractor=feature_extractor,
+        tokenizer=build_offline_tokenizer(),
+        chat_template=CHAT_TEMPLATE,
+    )
