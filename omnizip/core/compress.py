@@ -7,10 +7,17 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import OmniZipConfig
-from .audio import assign_to_anchors, merge_into_anchors, merge_normalise, plan_merges, split_audio
+from .audio import (
+    MERGE_NORM_EPS,
+    assign_to_anchors,
+    merge_into_anchors,
+    merge_normalise,
+    plan_merges,
+    split_audio,
+)
 from .layout import SequenceLayout, build_layout, exclusive_cumsum
 from .ratios import base_ratios, frame_discards_exact, normalise_budget, shift_to_budget
-from .similarity import max_cosine_to_columns, max_cosine_within_windows, row_norms
+from .similarity import max_cosine_to_masked_rows, max_cosine_within_windows, sequence_row_norms
 from .validate import check_inputs
 from .video import ISTC_NORM_EPS, istc_keep
 
@@ -186,7 +193,10 @@ def compress_sequence(
     n_pool = 0 if split is None else split.pool.numel()
     merge_target = torch.full((n_audio,), -1, dtype=torch.int64, device=device)
     merge_weight = torch.zeros(n_audio, dtype=torch.float32, device=device)
-    video_norms = row_norms(embeds, video_positions, block) if n_video else None
+    # Row norms once, from views of the embeddings: both normalisations of SPEC 4 (merge and
+    # ISTC) fold them into the similarities instead of writing normalised copies.
+    norms = sequence_row_norms(embeds, block) if n_video else None
+    video_norms = norms[video_positions] if n_video else None
 
     if n_anchor and n_pool:
         pool_embeds = embeds[audio_positions[split.pool]].float()
@@ -194,7 +204,7 @@ def compress_sequence(
         pool_hat = merge_normalise(pool_embeds)
         assignment, anchor_cos = assign_to_anchors(pool_hat, merge_normalise(anchor_embeds), block)
         merge_score = _merge_scores(
-            pool_hat, anchor_cos, split.pool, embeds, layout, video_positions, video_norms,
+            pool_hat, anchor_cos, split.pool, embeds, layout, video_positions, norms,
             config.merge_scope, block,
         )
         plan = plan_merges(assignment, merge_score, n_anchor, config.g)
@@ -239,7 +249,7 @@ def compress_sequence(
                 torch.floor(t.tokens * (1.0 - ratios[t.chunk.to(device)])).to(torch.int64)
                 for t in layout.frame_tables
             ]
-        for table, keep_counts in zip(layout.frame_tables, frame_keeps):
+        for table, keep_counts in zip(layout.frame_tables, frame_keeps, strict=True):
             index, keep = istc_keep(
                 embeds, video_positions, inv_norm, table, keep_counts, config.knn, block
             )
@@ -274,7 +284,7 @@ def _merge_scores(
     embeds: torch.Tensor,
     layout: SequenceLayout,
     video_positions: torch.Tensor,
-    video_norms: torch.Tensor | None,
+    norms: torch.Tensor | None,
     scope: str,
     block: int,
 ) -> torch.Tensor:
@@ -286,9 +296,12 @@ def _merge_scores(
     """
     if layout.n_video == 0:
         return anchor_cos
-    scale = 1.0 / (video_norms + 1e-6)
+    scale = 1.0 / (norms + MERGE_NORM_EPS)  # [L]: v / (||v|| + 1e-6) folded into the sims
     if scope == "global":
-        return max_cosine_to_columns(pool_hat, embeds, video_positions, scale, block)
+        bias = torch.full_like(scale, float("-inf"))
+        bias[video_positions] = 0.0
+        span = (int(layout.video_positions[0]), int(layout.video_positions[-1]) + 1)
+        return max_cosine_to_masked_rows(pool_hat, embeds, scale, bias, span, block)
     # Window scope: audio chunk i against video chunk i, for the G guided windows.
     n_guided = layout.n_guided
     audio_offsets = exclusive_cumsum(layout.audio_chunk_lengths)[:n_guided]
@@ -298,7 +311,8 @@ def _merge_scores(
     all_audio_hat = merge_normalise(embeds[layout.audio_positions.to(embeds.device)].float())
     per_audio = max_cosine_within_windows(
         all_audio_hat, audio_offsets, layout.audio_chunk_lengths[:n_guided],
-        embeds, video_positions, scale, video_offsets, layout.video_chunk_lengths[:n_guided],
+        embeds, video_positions, scale[video_positions], video_offsets,
+        layout.video_chunk_lengths[:n_guided],
         block,
     )[pool]
     return torch.where(torch.isfinite(per_audio), per_audio, anchor_cos)

@@ -13,46 +13,55 @@ def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return source[index].float()
 
 
-def row_norms(source: torch.Tensor, index: torch.Tensor, block_elements: int) -> torch.Tensor:
-    """L2 norms of ``source[index]`` rows, float32 ``[n]``, gathering in blocks."""
-    n, dim = index.numel(), source.shape[-1]
+def sequence_row_norms(source: torch.Tensor, block_elements: int) -> torch.Tensor:
+    """L2 norm of every row of ``source`` ``[L, D]`` -> float32 ``[L]``.
+
+    Reads contiguous row slices (views), so no copy of the embeddings is made.
+    """
+    n, dim = source.shape
     out = torch.empty(n, dtype=torch.float32, device=source.device)
     rows = block_rows(n, dim, block_elements)
     for start in range(0, n, rows):
         out[start : start + rows] = torch.linalg.vector_norm(
-            gather_rows(source, index[start : start + rows]), dim=-1
+            source[start : start + rows].float(), dim=-1
         )
     return out
 
 
-def max_cosine_to_columns(
+def max_cosine_to_masked_rows(
     rows_hat: torch.Tensor,
     source: torch.Tensor,
-    column_index: torch.Tensor,
     column_scale: torch.Tensor,
+    column_bias: torch.Tensor,
+    span: tuple[int, int],
     block_elements: int,
 ) -> torch.Tensor:
-    """``max_j rows_hat[i] . source[column_index[j]] * column_scale[j]`` for every row.
+    """``max_j (rows_hat[i] . source[j]) * column_scale[j] + column_bias[j]`` for every row.
 
-    Columns are gathered and multiplied in blocks, so neither a normalised copy of the
-    columns nor the ``[p, n]`` similarity matrix exists whole (SPEC deviation 6); folding
-    the normalisation into a per-column scale costs one multiply per block element.
+    Columns are contiguous slices of the sequence inside ``span`` (views: no gather, no
+    normalised copy); ``column_bias`` is 0 for the columns that count and ``-inf`` for the
+    rest, so a few text or audio columns cost a little compute but never a copy. No
+    ``[p, N_v]`` matrix is formed whole (SPEC deviation 6).
 
     Args:
         rows_hat: float32 ``[p, D]`` (already normalised).
-        source: ``[L, D]`` any float dtype; column_index: int64 ``[n]`` rows of ``source``.
-        column_scale: float32 ``[n]`` (e.g. ``1 / (||c|| + eps)``).
+        source: ``[L, D]`` any float dtype.
+        column_scale, column_bias: float32 ``[L]``.
+        span: ``(first, end)`` sequence rows that hold every counted column.
     Returns:
-        float32 ``[p]`` (``-inf`` when there are no columns).
+        float32 ``[p]`` (``-inf`` when no column counts).
     """
-    p, n, dim = rows_hat.shape[0], column_index.numel(), rows_hat.shape[1]
+    p, dim = rows_hat.shape
     best = torch.full((p,), float("-inf"), dtype=torch.float32, device=rows_hat.device)
-    if p == 0:
+    first, end = span
+    if p == 0 or end <= first:
         return best
-    columns = block_rows(n, max(p, dim), block_elements)
-    for start in range(0, n, columns):
-        block = gather_rows(source, column_index[start : start + columns])
-        sims = (rows_hat @ block.T) * column_scale[start : start + columns]
+    columns = block_rows(end - first, max(p, dim), block_elements)
+    for start in range(first, end, columns):
+        stop = min(start + columns, end)
+        sims = torch.addcmul(
+            column_bias[start:stop], rows_hat @ source[start:stop].float().T, column_scale[start:stop]
+        )
         best = torch.maximum(best, sims.amax(dim=1))
     return best
 

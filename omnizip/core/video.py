@@ -60,6 +60,17 @@ def temporal_similarity(
     return (frames * previous).sum(dim=2) * inv_norm * prev_inv_norm
 
 
+def frame_blocks(parity: torch.Tensor, rows: int) -> list[tuple[int, int]]:
+    """Split frame rows into blocks of about ``rows`` that never start on an odd frame, so
+    every odd frame finds its previous frame in its own block. ``parity``: host ``[F]``."""
+    n = parity.numel()
+    bounds = torch.arange(0, n, max(rows, 2))
+    # A block may not start on an odd frame: move such a boundary back by one (the frame
+    # before an odd frame is even, so this never cascades).
+    bounds = torch.unique(bounds - (parity[bounds] == 1).to(torch.int64)).tolist()
+    return list(zip(bounds, [*bounds[1:], n], strict=True))
+
+
 def istc_keep(
     source: torch.Tensor,
     video_positions: torch.Tensor,
@@ -71,6 +82,10 @@ def istc_keep(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which tokens of the frames of one resolution ISTC keeps.
 
+    Even frames keep their ``frame_keep`` tokens of highest DPC-kNN score, odd frames the
+    ``frame_keep`` tokens least similar to the previous (unpruned) frame. Each frame is
+    gathered once, in blocks of frames.
+
     Args:
         source: ``[L, D]`` sequence embeddings; video_positions: int64 ``[N_v]`` (device).
         video_inv_norm: float32 ``[N_v]`` ``1 / max(||v||, 1e-12)``.
@@ -80,34 +95,37 @@ def istc_keep(
         (video token indices int64 ``[F * P]``, keep bool ``[F * P]``), device tensors.
     """
     device = source.device
-    tokens = table.tokens
+    tokens, dim = table.tokens, source.shape[1]
     video_index = table.video_index.to(device)  # [F, P]
-    keep = torch.ones_like(video_index, dtype=torch.bool)
-    even = torch.nonzero(table.parity == 0).flatten()  # host: no sync
-    odd = torch.nonzero(table.parity == 1).flatten()
-    dim = source.shape[1]
-
-    rows = block_rows(even.numel(), tokens * (dim + 6 * tokens), block_elements)
-    for start in range(0, even.numel(), rows):
-        which = even[start : start + rows].to(device)
-        index = video_index[which]
-        scores = dpc_knn_scores(
-            gather_rows(source, video_positions[index]), video_inv_norm[index], knn
-        )
-        keep[which] = keep_best(scores, frame_keep[which], descending=True)
-
-    # An odd frame's previous frame is the table row before it (same chunk: rows are in
-    # chunk order and an odd frame is never the first of its chunk).
-    rows = block_rows(odd.numel(), 2 * tokens * dim, block_elements)
-    for start in range(0, odd.numel(), rows):
-        which = odd[start : start + rows].to(device)
-        index, prev_index = video_index[which], video_index[which - 1]
-        sims = temporal_similarity(
-            gather_rows(source, video_positions[index]),
-            gather_rows(source, video_positions[prev_index]),
-            video_inv_norm[index],
-            video_inv_norm[prev_index],
-        )
-        # Keep the least similar tokens: the n lowest similarities, ties to the lower index.
-        keep[which] = keep_best(sims, frame_keep[which], descending=False)
+    keep = torch.empty_like(video_index, dtype=torch.bool)
+    rows = block_rows(table.parity.numel(), tokens * (dim + 6 * tokens), block_elements)
+    for start, stop in frame_blocks(table.parity, rows):
+        index = video_index[start:stop]
+        frames = gather_rows(source, video_positions[index])  # [b, P, D]
+        inv_norm = video_inv_norm[index]
+        parity = table.parity[start:stop]
+        even = torch.nonzero(parity == 0).flatten()  # host tensors: no device sync
+        odd = torch.nonzero(parity == 1).flatten()
+        counts = frame_keep[start:stop]
+        if even.numel():
+            e = _select_rows(even, device)
+            scores = dpc_knn_scores(frames[e], inv_norm[e], knn)
+            keep[start:stop][e] = keep_best(scores, counts[e], descending=True)
+        if odd.numel():
+            # An odd frame's previous frame is the row before it, in this block (frame_blocks).
+            o, p = _select_rows(odd, device), _select_rows(odd - 1, device)
+            sims = temporal_similarity(frames[o], frames[p], inv_norm[o], inv_norm[p])
+            # Keep the least similar: the n lowest similarities, ties to the lower index.
+            keep[start:stop][o] = keep_best(sims, counts[o], descending=False)
     return video_index.flatten(), keep.flatten()
+
+
+def _select_rows(rows: torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+    """Host row indices as a strided slice when they are evenly spaced (the usual
+    alternating even/odd layout: a view, no copy), else as a device index tensor."""
+    n = rows.numel()
+    first = int(rows[0])
+    step = int(rows[1] - rows[0]) if n > 1 else 1
+    if step > 0 and torch.equal(rows, torch.arange(first, first + step * n, step)):
+        return slice(first, first + step * (n - 1) + 1, step)
+    return rows.to(device)
