@@ -3,6 +3,7 @@
 from .config import PRESETS, OmniZipConfig
 from .core import (
     CompressionResult,
+    TokenDecision,
     audio_attention_scores,
     audio_energy_scores,
     compress_sequence,
@@ -15,6 +16,7 @@ __all__ = [
     "PRESETS",
     "CompressionResult",
     "OmniZipConfig",
+    "TokenDecision",
     "__version__",
     "audio_attention_scores",
     "audio_energy_scores",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
+
+from .method import CompressionMethod
 
 BUDGET_MODES = ("reference", "exact")
 MERGE_SCOPES = ("global", "window")
 AUDIO_SCORE_MODES = ("global", "windowed", "energy")
+AUDIO_SELECTIONS = ("score", "random")
 
 # The paper's two operating points (SPEC section 2): name -> (rho_audio, rho_video).
 PRESETS: dict[str, tuple[float, float]] = {"45": (0.3, 0.6), "35": (0.4, 0.7)}
@@ -29,7 +32,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 @dataclass(frozen=True)
-class OmniZipConfig:
+class OmniZipConfig(CompressionMethod):
     """How much OmniZip compresses, and which of the SPEC section 7 options it uses.
 
     Attributes (the paper's symbols in brackets; defaults are the paper's 45%-retention setting):
@@ -54,9 +57,18 @@ class OmniZipConfig:
             kept count meets it (the gap rho_video - rho_audio of this config is preserved).
         token_budget: optional absolute number of audio+video tokens to keep per sequence,
             resolved like ``retention``. Use ``budget="exact"`` to meet either exactly.
+        dynamic_ratios: ablation switch. False gives every video chunk ``rho_video`` (no
+            audio guidance of the video ratios); the paper's "w/o dynamic ratio" ablation.
+        merge_anchors: ablation switch. False keeps the anchors as they are (same token
+            count, no merging); the paper's "w/o anchor merging" ablation.
+        audio_selection: ``"score"`` (SPEC 4 step 1) or ``"random"``: salient audio chosen
+            uniformly at random (seeded by ``seed``); the paper's "ISTC + random audio" ablation.
+        seed: seed of ``audio_selection="random"``.
         block_elements: soft cap on the elements of any temporary similarity block; bounds
             peak memory for long inputs (SPEC deviation 6). Results do not depend on it.
     """
+
+    name: ClassVar[str] = "omnizip"
 
     rho_audio: float = 0.3
     rho_video: float = 0.6
@@ -70,6 +82,10 @@ class OmniZipConfig:
     audio_score: str = "global"
     retention: float | None = None
     token_budget: int | None = None
+    dynamic_ratios: bool = True
+    merge_anchors: bool = True
+    audio_selection: str = "score"
+    seed: int = 0
     block_elements: int = 1 << 24
 
     def __post_init__(self) -> None:
@@ -83,10 +99,15 @@ class OmniZipConfig:
         _check_int("g", self.g, 0)
         _check_int("knn", self.knn, 1)
         _check_int("block_elements", self.block_elements, 1024)
+        _check_int("seed", self.seed, 0)
+        for name in ("dynamic_ratios", "merge_anchors"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name, allowed in (
             ("budget", BUDGET_MODES),
             ("merge_scope", MERGE_SCOPES),
             ("audio_score", AUDIO_SCORE_MODES),
+            ("audio_selection", AUDIO_SELECTIONS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -109,6 +130,27 @@ class OmniZipConfig:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
         rho_audio, rho_video = PRESETS[key]
         return cls(rho_audio=rho_audio, rho_video=rho_video, **overrides)
+
+    @property
+    def needs_audio_scores(self) -> bool:  # type: ignore[override]
+        """Energy scores come from the embeddings; the others from the audio encoder."""
+        return self.audio_score != "energy" and self.audio_selection == "score"
+
+    def compress(self, embeds, input_ids, *, audio_token_id, video_token_id, tokens_per_frame,
+                 audio_scores=None, video_scores=None):
+        """:func:`omnizip.compress_sequence` with this configuration (the method protocol).
+
+        With ``audio_score="energy"`` and no scores given, the scores are the L2 norms of
+        the audio embeddings (SPEC 3).
+        """
+        from .core import audio_energy_scores, compress_sequence
+
+        if audio_scores is None and (self.audio_score == "energy" or self.audio_selection == "random"):
+            audio_scores = audio_energy_scores(embeds[input_ids == audio_token_id])
+        return compress_sequence(
+            embeds, input_ids, audio_scores, audio_token_id=audio_token_id,
+            video_token_id=video_token_id, tokens_per_frame=tokens_per_frame, config=self,
+        )
 
     def replace(self, **changes: Any) -> OmniZipConfig:
         """A copy with some fields changed (validated again)."""

@@ -23,42 +23,20 @@ from .video import ISTC_NORM_EPS, istc_keep
 
 
 @dataclass
-class CompressionResult:
-    """What OmniZip decided for one sequence. Tensors live on the input's device.
+class TokenDecision:
+    """What a token-compression method decided for one sequence (any method, SPEC 4 step 9).
 
     Attributes:
         keep: bool ``[L]``: tokens the decoder sees (text always kept).
-        embeds: ``[L, D]`` input dtype, a new tensor with anchors merged (SPEC 4 step 4).
+        embeds: ``[L, D]`` input dtype, a new tensor (merged tokens already written in).
         audio_positions, video_positions: int64 ``[N_a]`` / ``[N_v]`` sequence positions.
-        salient: bool ``[N_a]`` salient audio tokens (step 1).
-        anchors: int64 ``[n_anchor]`` audio indices of the anchors, ascending (step 2).
-        merge_target: int64 ``[N_a]`` audio index of the anchor a token merged into, else -1.
-        merge_weight: float32 ``[N_a]`` softmax weight of each merged token, else 0.
-        audio_chunks, video_chunks: int64 ``[n, 2]`` / ``[m, 2]`` (start position, length).
-        num_guided: G, windows pairing video chunk i with audio chunk i.
-        window_audio_retention: float64 ``[G]`` S_i (step 5).
-        video_chunk_ratio: float64 ``[m]`` ratio applied to each video chunk (steps 6-7;
-            unguided chunks get rho_video).
-        rho_audio, rho_video: the ratios used (differ from the config's with a retention or
-            token budget target).
     """
 
     keep: torch.Tensor
     embeds: torch.Tensor
     audio_positions: torch.Tensor
     video_positions: torch.Tensor
-    salient: torch.Tensor
-    anchors: torch.Tensor
-    merge_target: torch.Tensor
-    merge_weight: torch.Tensor
-    audio_chunks: torch.Tensor
-    video_chunks: torch.Tensor
-    num_guided: int
-    window_audio_retention: torch.Tensor
-    video_chunk_ratio: torch.Tensor
-    rho_audio: float
-    rho_video: float
-    _counts: dict = field(default_factory=dict, repr=False)
+    _counts: dict = field(default_factory=dict, repr=False, kw_only=True)
 
     @property
     def n_audio(self) -> int:
@@ -68,9 +46,10 @@ class CompressionResult:
     def n_video(self) -> int:
         return int(self.video_positions.numel())
 
-    def _count(self, name: str, positions: torch.Tensor) -> int:
+    def _count(self, name: str, positions: torch.Tensor | None) -> int:
         if name not in self._counts:  # reading a count synchronises: do it once, lazily
-            self._counts[name] = int(self.keep[positions].sum())
+            kept = self.keep if positions is None else self.keep[positions]
+            self._counts[name] = int(kept.sum())
         return self._counts[name]
 
     @property
@@ -84,9 +63,7 @@ class CompressionResult:
     @property
     def n_kept(self) -> int:
         """Tokens the decoder sees, text included."""
-        if "all" not in self._counts:
-            self._counts["all"] = int(self.keep.sum())
-        return self._counts["all"]
+        return self._count("all", None)
 
     @property
     def retention(self) -> float:
@@ -97,9 +74,46 @@ class CompressionResult:
     def summary(self) -> str:
         """One line: what was kept."""
         return (
-            f"OmniZip kept {self.n_kept}/{self.keep.numel()} tokens: "
+            f"kept {self.n_kept}/{self.keep.numel()} tokens: "
             f"audio {self.n_audio_kept}/{self.n_audio}, video {self.n_video_kept}/{self.n_video}, "
-            f"multimodal retention {self.retention:.1%}, {len(self.anchors)} anchors, "
+            f"multimodal retention {self.retention:.1%}"
+        )
+
+
+@dataclass
+class CompressionResult(TokenDecision):
+    """OmniZip's decision for one sequence, with what explains it. Tensors live on the
+    input's device.
+
+    Attributes (beyond :class:`TokenDecision`):
+        salient: bool ``[N_a]`` salient audio tokens (step 1).
+        anchors: int64 ``[n_anchor]`` audio indices of the anchors, ascending (step 2).
+        merge_target: int64 ``[N_a]`` audio index of the anchor a token merged into, else -1.
+        merge_weight: float32 ``[N_a]`` softmax weight of each merged token, else 0.
+        audio_chunks, video_chunks: int64 ``[n, 2]`` / ``[m, 2]`` (start position, length).
+        num_guided: G, windows pairing video chunk i with audio chunk i.
+        window_audio_retention: float64 ``[G]`` S_i (step 5).
+        video_chunk_ratio: float64 ``[m]`` ratio applied to each video chunk (steps 6-7;
+            unguided chunks get rho_video).
+        rho_audio, rho_video: the ratios used (differ from the config's with a retention or
+            token budget target).
+    """
+
+    salient: torch.Tensor
+    anchors: torch.Tensor
+    merge_target: torch.Tensor
+    merge_weight: torch.Tensor
+    audio_chunks: torch.Tensor
+    video_chunks: torch.Tensor
+    num_guided: int
+    window_audio_retention: torch.Tensor
+    video_chunk_ratio: torch.Tensor
+    rho_audio: float
+    rho_video: float
+
+    def summary(self) -> str:
+        return (
+            f"OmniZip {super().summary()}, {len(self.anchors)} anchors, "
             f"{self.num_guided} guided windows"
         )
 
@@ -114,7 +128,7 @@ def _video_ratios(
     """Ratio r of every video chunk under the published rules (SPEC 4 steps 6-7)."""
     n_guided, n_chunks = layout.n_guided, layout.n_video_chunks
     ratios = torch.full((n_chunks,), rho_video, dtype=torch.float64, device=device)
-    if n_guided == 0:
+    if n_guided == 0 or not config.dynamic_ratios:
         return ratios
     base = base_ratios(retention, config.min_ratio, config.max_ratio)
     if n_guided > 2:
@@ -183,6 +197,10 @@ def compress_sequence(
     # --- Audio: salient tokens, anchors, merge plan and merge (steps 1-4). ---
     if n_audio:
         scores = audio_scores.detach().to(device, torch.float32)
+        if config.audio_selection == "random":
+            # Ablation: the same counts, chosen uniformly at random (seeded, on the host).
+            gen = torch.Generator().manual_seed(config.seed)
+            scores = torch.rand(n_audio, generator=gen).to(device)
         split = split_audio(
             scores, rho_audio=rho_audio, contextual_ratio=config.contextual_ratio, g=config.g
         )
@@ -198,7 +216,7 @@ def compress_sequence(
     norms = sequence_row_norms(embeds, block) if n_video else None
     video_norms = norms[video_positions] if n_video else None
 
-    if n_anchor and n_pool:
+    if n_anchor and n_pool and config.merge_anchors:
         pool_embeds = embeds[audio_positions[split.pool]].float()
         anchor_embeds = embeds[audio_positions[split.anchors]].float()
         pool_hat = merge_normalise(pool_embeds)

@@ -30,7 +30,11 @@ def dpc_knn_scores(frames: torch.Tensor, inv_norm: torch.Tensor, knn: int) -> to
         float32 ``[F, P]``.
     """
     n_tokens = frames.shape[1]
-    cos = torch.bmm(frames, frames.transpose(1, 2)) * inv_norm.unsqueeze(2) * inv_norm.unsqueeze(1)
+    unit = frames * inv_norm.unsqueeze(2)
+    cos = torch.bmm(unit, unit.transpose(1, 2))
+    # d must be exactly symmetric: with k = 1 two mutual nearest neighbours have equal
+    # density, and a rounding asymmetry would make one "strictly denser" than the other.
+    cos = torch.maximum(cos, cos.transpose(1, 2))
     dist = 1.0 - cos
     eye = torch.eye(n_tokens, dtype=torch.bool, device=frames.device)
     dist_no_self = dist.masked_fill(eye, float("inf"))
