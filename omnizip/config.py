@@ -12,6 +12,7 @@ BUDGET_MODES = ("reference", "exact")
 MERGE_SCOPES = ("global", "window")
 AUDIO_SCORE_MODES = ("global", "windowed", "energy")
 AUDIO_SELECTIONS = ("score", "random")
+FRAME_PARITIES = ("chunk", "stream")
 
 # The paper's two operating points (SPEC section 2): name -> (rho_audio, rho_video).
 PRESETS: dict[str, tuple[float, float]] = {"45": (0.3, 0.6), "35": (0.4, 0.7)}
@@ -57,6 +58,11 @@ class OmniZipConfig(CompressionMethod):
             kept count meets it (the gap rho_video - rho_audio of this config is preserved).
         token_budget: optional absolute number of audio+video tokens to keep per sequence,
             resolved like ``retention``. Use ``budget="exact"`` to meet either exactly.
+        frame_parity: ``"chunk"`` (reference: ISTC frame parity restarts in every video
+            chunk) or ``"stream"`` (parity runs along each interleaved audio-video stream, and
+            an odd frame is compared with the previous frame even across chunks). Model
+            adapters whose layout puts one frame in each chunk (Qwen3-Omni) use ``"stream"``
+            so both halves of ISTC run.
         dynamic_ratios: ablation switch. False gives every video chunk ``rho_video`` (no
             audio guidance of the video ratios); the paper's "w/o dynamic ratio" ablation.
         merge_anchors: ablation switch. False keeps the anchors as they are (same token
@@ -82,6 +88,7 @@ class OmniZipConfig(CompressionMethod):
     audio_score: str = "global"
     retention: float | None = None
     token_budget: int | None = None
+    frame_parity: str = "chunk"
     dynamic_ratios: bool = True
     merge_anchors: bool = True
     audio_selection: str = "score"
@@ -108,6 +115,7 @@ class OmniZipConfig(CompressionMethod):
             ("merge_scope", MERGE_SCOPES),
             ("audio_score", AUDIO_SCORE_MODES),
             ("audio_selection", AUDIO_SELECTIONS),
+            ("frame_parity", FRAME_PARITIES),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -304,3 +304,68 @@ def test_pool_audio_scores_and_energy():
         audio_attention_scores(torch.randn(4, 1, 2), torch.randn(4, 1, 2), scope="windowed")
     with pytest.raises(ValueError, match="query and key must have the same shape"):
         audio_attention_scores(torch.randn(4, 1, 2), torch.randn(5, 1, 2))
+
+
+# ----------------------------------------------------------------------------- frame parity
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stream_parity_runs_both_istc_halves_on_one_frame_chunks(seed):
+    """Qwen3-Omni-like layout, one frame per chunk: with frame_parity="stream" frame j of the
+    interleaved stream is spatial when j is even and temporal (against frame j - 1, in the
+    previous chunk) when odd. Checked against the reference's per-frame rules; the audio side
+    and the per-window ratios are those of the reference layout."""
+    from reference_omnizip import dpc_knn_keep, reference_compress, temporal_keep
+
+    p = 6
+    gen = torch.Generator().manual_seed(seed)
+    ids = [T, T]
+    for _ in range(7):
+        ids += [V] * p + [A] * int(torch.randint(3, 9, (1,), generator=gen))
+    ids = torch.tensor(ids + [T, V, V, V, V, V, V, T])  # a second, separate one-frame video
+    embeds = torch.randn(len(ids), 12, generator=gen)
+    scores = torch.rand(int((ids == A).sum()), generator=gen)
+    res = run(embeds, ids, scores, p, frame_parity="stream")
+    ref = reference_compress(embeds, ids, scores, A, V, p)
+    assert torch.equal(res.keep[res.audio_positions], ref.keep[res.audio_positions])
+    assert torch.allclose(res.video_chunk_ratio, torch.tensor(ref.video_chunk_ratio, dtype=torch.float64))
+    rows = embeds.tolist()
+    chunks = ref.video_chunks
+    for j, (start, length) in enumerate(chunks):
+        frame = rows[start : start + p]
+        n_keep = int(p * (1 - ref.video_chunk_ratio[j]))
+        first_of_stream = j == 0 or j == len(chunks) - 1
+        in_stream = j if j < len(chunks) - 1 else 0
+        if in_stream % 2 == 0 or first_of_stream:
+            kept = dpc_knn_keep(frame, n_keep, 5)
+        else:
+            prev_start = chunks[j - 1][0]
+            kept = temporal_keep(rows[prev_start : prev_start + p], frame, n_keep)
+        expect = torch.zeros(p, dtype=torch.bool)
+        expect[kept] = True
+        assert torch.equal(res.keep[start : start + p], expect), f"chunk {j}"
+    # The chunk parity of the reference never runs the temporal step here: they must differ.
+    assert not torch.equal(res.keep, run(embeds, ids, scores, p).keep)
+
+
+# ----------------------------------------------------------------------------- ablations
+
+def test_ablation_switches():
+    embeds, ids, scores = interleaved(6, 6, audio=20, seed=9)
+    full = run(embeds, ids, scores, 6)
+    flat = run(embeds, ids, scores, 6, dynamic_ratios=False)
+    assert torch.equal(flat.video_chunk_ratio, torch.full_like(flat.video_chunk_ratio, 0.6))
+    assert not torch.equal(full.video_chunk_ratio, flat.video_chunk_ratio)
+    assert torch.equal(flat.keep[flat.audio_positions], full.keep[full.audio_positions])
+
+    unmerged = run(embeds, ids, scores, 6, merge_anchors=False)
+    assert torch.equal(unmerged.keep, full.keep)  # same tokens, same budget
+    assert torch.equal(unmerged.embeds, embeds) and not torch.equal(full.embeds, embeds)
+    assert (unmerged.merge_target == -1).all()
+
+    rand_a = run(embeds, ids, scores, 6, audio_selection="random", seed=1)
+    rand_b = run(embeds, ids, scores, 6, audio_selection="random", seed=1)
+    rand_c = run(embeds, ids, scores, 6, audio_selection="random", seed=2)
+    assert torch.equal(rand_a.keep, rand_b.keep)
+    assert not torch.equal(rand_a.salient, rand_c.salient)
+    assert rand_a.n_audio_kept == full.n_audio_kept
+    assert not torch.equal(rand_a.salient, full.salient)

@@ -171,7 +171,9 @@ def compress_sequence(
     if not isinstance(config, OmniZipConfig):
         raise TypeError(f"config must be an OmniZipConfig, got {type(config).__name__}")
     check_inputs(embeds, input_ids, audio_scores, audio_token_id, video_token_id)
-    layout = build_layout(input_ids, audio_token_id, video_token_id, tokens_per_frame)
+    layout = build_layout(
+        input_ids, audio_token_id, video_token_id, tokens_per_frame, config.frame_parity
+    )
     device = embeds.device
     n_audio, n_video = layout.n_audio, layout.n_video
     if n_audio and (audio_scores is None or audio_scores.numel() != n_audio):

@@ -47,7 +47,7 @@ class FrameTable:
     """
 
     chunk: torch.Tensor  # video chunk of each frame
-    parity: torch.Tensor  # frame index inside its chunk, modulo 2 (0: spatial, 1: temporal)
+    parity: torch.Tensor  # frame index in its chunk (or stream), modulo 2 (0 spatial, 1 temporal)
     tokens: int  # P, tokens per frame (the same for every frame of this table)
     video_index: torch.Tensor  # [n_frames, P] indices into the video tokens (0..N_v-1)
 
@@ -137,14 +137,44 @@ def _tokens_per_frame_per_chunk(tokens_per_frame, n_chunks: int) -> torch.Tensor
     return values
 
 
+def video_streams(
+    is_audio: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, tokens_per_frame: torch.Tensor
+) -> torch.Tensor:
+    """Stream id of each video chunk: consecutive chunks separated only by audio tokens (an
+    interleaved audio-video block) and of the same resolution form one stream.
+
+    Args:
+        is_audio: bool ``[L]`` host; starts, lengths, tokens_per_frame: int64 ``[m]`` host.
+    Returns:
+        int64 ``[m]``.
+    """
+    if starts.numel() == 0:
+        return starts.clone()
+    audio_before = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(is_audio, 0)])
+    gap_start, gap_end = (starts + lengths)[:-1], starts[1:]
+    only_audio = (audio_before[gap_end] - audio_before[gap_start]) == (gap_end - gap_start)
+    same_p = tokens_per_frame[1:] == tokens_per_frame[:-1]
+    new_stream = torch.cat([torch.ones(1, dtype=torch.bool), ~(only_audio & same_p)])
+    return torch.cumsum(new_stream.to(torch.int64), 0) - 1
+
+
 def build_layout(
-    input_ids: torch.Tensor, audio_token_id: int, video_token_id: int, tokens_per_frame
+    input_ids: torch.Tensor,
+    audio_token_id: int,
+    video_token_id: int,
+    tokens_per_frame,
+    frame_parity: str = "chunk",
 ) -> SequenceLayout:
     """Read the windows and frames of one sequence from its ids (SPEC 1, 4 step 8).
 
     Args:
         input_ids: integer ``[L]`` (any device; copied to the host once).
         tokens_per_frame: int P, or one P per video chunk.
+        frame_parity: ``"chunk"`` (reference: frame parity restarts at 0 in every video
+            chunk) or ``"stream"`` (parity counts along each interleaved audio-video stream,
+            see :func:`video_streams`, and an odd frame's previous frame may sit in the
+            previous chunk). ``"stream"`` is for layouts with one frame per chunk
+            (Qwen3-Omni), where per-chunk parity would never run the temporal step.
     """
     ids = input_ids.detach().to("cpu")
     is_audio = ids == audio_token_id
@@ -158,9 +188,18 @@ def build_layout(
     audio_chunk_of_token, _ = segment_ids(a_lengths)
     video_chunk_of_token, _ = segment_ids(v_lengths)
 
-    # Whole frames: chunk i holds F_i = |V_i| // P_i of them; parity restarts in each chunk.
+    # Whole frames: chunk i holds F_i = |V_i| // P_i of them.
     frames = v_lengths // per_chunk_p
     frame_chunk, frame_in_chunk = segment_ids(frames)
+    frame_order = frame_in_chunk  # what parity counts: position in the chunk, or the stream
+    if frame_parity == "stream":
+        stream = video_streams(is_audio, v_starts, v_lengths, per_chunk_p)
+        per_stream = torch.zeros(int(stream.max()) + 1 if stream.numel() else 0, dtype=torch.int64)
+        per_stream.index_add_(0, stream, frames)
+        frame_stream = stream[frame_chunk]
+        frame_order = torch.arange(frame_chunk.numel()) - exclusive_cumsum(per_stream)[frame_stream]
+    elif frame_parity != "chunk":
+        raise ValueError(f'frame_parity must be "chunk" or "stream", got {frame_parity!r}')
     chunk_video_offset = exclusive_cumsum(v_lengths)
     frame_p = per_chunk_p[frame_chunk]
     frame_first = chunk_video_offset[frame_chunk] + frame_in_chunk * frame_p
@@ -173,7 +212,7 @@ def build_layout(
         tables.append(
             FrameTable(
                 chunk=frame_chunk[sel],
-                parity=frame_in_chunk[sel] % 2,
+                parity=frame_order[sel] % 2,
                 tokens=int(p),
                 video_index=first[:, None] + torch.arange(p)[None, :],
             )
