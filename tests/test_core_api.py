@@ -321,7 +321,7 @@ def test_stream_parity_runs_both_istc_halves_on_one_frame_chunks(seed):
     ids = [T, T]
     for _ in range(7):
         ids += [V] * p + [A] * int(torch.randint(3, 9, (1,), generator=gen))
-    ids = torch.tensor(ids + [T, V, V, V, V, V, V, T])  # a second, separate one-frame video
+    ids = torch.tensor([*ids, T, V, V, V, V, V, V, T])  # a second, separate one-frame video
     embeds = torch.randn(len(ids), 12, generator=gen)
     scores = torch.rand(int((ids == A).sum()), generator=gen)
     res = run(embeds, ids, scores, p, frame_parity="stream")
@@ -330,7 +330,7 @@ def test_stream_parity_runs_both_istc_halves_on_one_frame_chunks(seed):
     assert torch.allclose(res.video_chunk_ratio, torch.tensor(ref.video_chunk_ratio, dtype=torch.float64))
     rows = embeds.tolist()
     chunks = ref.video_chunks
-    for j, (start, length) in enumerate(chunks):
+    for j, (start, _length) in enumerate(chunks):
         frame = rows[start : start + p]
         n_keep = int(p * (1 - ref.video_chunk_ratio[j]))
         first_of_stream = j == 0 or j == len(chunks) - 1

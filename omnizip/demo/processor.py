@@ -126,10 +126,15 @@ def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | 
         vid_kw["size"] = {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28, **size}
     image_processor = Qwen2VLImageProcessor(**img_kw)
     video_processor = Qwen2VLVideoProcessor(**vid_kw)
-    return Qwen2_5OmniProcessor(
+    processor = Qwen2_5OmniProcessor(
         image_processor=image_processor,
         video_processor=video_processor,
         feature_extractor=feature_extractor,
         tokenizer=build_offline_tokenizer(),
         chat_template=CHAT_TEMPLATE,
     )
+    if size:
+        # Qwen2_5OmniProcessor's class-level video defaults (128..768 * 28*28 pixels per frame)
+        # override the video processor's own size; set ours on this instance instead.
+        processor.videos_kwargs = {"size": dict(vid_kw["size"])}
+    return processor
