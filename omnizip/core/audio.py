@@ -114,7 +114,10 @@ def plan_merges(
         by_score = torch.sort(merge_score, descending=True, stable=True).indices
         order = by_score[torch.sort(assignment[by_score], stable=True).indices]
         group = assignment[order]
-        counts = torch.bincount(assignment, minlength=n_anchor)
+        # (bincount would synchronise on CUDA to size its output; index_add_ does not.)
+        counts = torch.zeros(n_anchor, dtype=torch.int64, device=device).index_add_(
+            0, assignment, torch.ones_like(assignment)
+        )
         group_start = torch.cumsum(counts, 0) - counts
         rank = torch.arange(p, device=device) - group_start[group]
         chosen = rank < g

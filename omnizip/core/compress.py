@@ -17,7 +17,7 @@ from .audio import (
 )
 from .layout import SequenceLayout, build_layout, exclusive_cumsum
 from .ratios import base_ratios, frame_discards_exact, normalise_budget, shift_to_budget
-from .similarity import max_cosine_to_masked_rows, max_cosine_within_windows, sequence_row_norms
+from .similarity import max_cosine_to_columns, max_cosine_within_windows, sequence_row_norms
 from .validate import check_inputs
 from .video import ISTC_NORM_EPS, istc_keep
 
@@ -318,10 +318,9 @@ def _merge_scores(
         return anchor_cos
     scale = 1.0 / (norms + MERGE_NORM_EPS)  # [L]: v / (||v|| + 1e-6) folded into the sims
     if scope == "global":
-        bias = torch.full_like(scale, float("-inf"))
-        bias[video_positions] = 0.0
-        span = (int(layout.video_positions[0]), int(layout.video_positions[-1]) + 1)
-        return max_cosine_to_masked_rows(pool_hat, embeds, scale, bias, span, block)
+        return max_cosine_to_columns(
+            pool_hat, embeds, video_positions, scale[video_positions], block
+        )
     # Window scope: audio chunk i against video chunk i, for the G guided windows.
     n_guided = layout.n_guided
     audio_offsets = exclusive_cumsum(layout.audio_chunk_lengths)[:n_guided]
