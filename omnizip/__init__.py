@@ -9,6 +9,7 @@ from .core import (
     compress_sequence,
     pool_audio_scores,
 )
+from .patch import OmniZipHandle, patch
 
 __version__ = "0.1.0"
 
@@ -16,10 +17,12 @@ __all__ = [
     "PRESETS",
     "CompressionResult",
     "OmniZipConfig",
+    "OmniZipHandle",
     "TokenDecision",
     "__version__",
     "audio_attention_scores",
     "audio_energy_scores",
     "compress_sequence",
+    "patch",
     "pool_audio_scores",
 ]

@@ -125,7 +125,8 @@ def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | 
         img_kw["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280, **size}
         vid_kw["size"] = {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28, **size}
     image_processor = Qwen2VLImageProcessor(**img_kw)
-    video_processor = Qwen2VLVideoProcessor(**vid_kw)
+    # transformers' current default (no extra per-frame pixel cap), stated to silence its notice
+    video_processor = Qwen2VLVideoProcessor(cap_pixels_per_frame=False, **vid_kw)
     processor = Qwen2_5OmniProcessor(
         image_processor=image_processor,
         video_processor=video_processor,

@@ -193,9 +193,17 @@ def build_tiny_qwen2_5_omni(
     Only the thinker exists (``enable_audio_output=False``), which is the path OmniZip serves.
     """
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     thinker_cfg = tiny_thinker_config(attn_implementation=attn_implementation, **sizes)
-    cfg = Qwen2_5OmniConfig(thinker_config=thinker_cfg.to_dict(), enable_audio_output=False)
+    # the (unused) default talker config's text ids lie outside its codec vocabulary, which
+    # transformers reports as warnings; they say nothing about this model
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        cfg = Qwen2_5OmniConfig(thinker_config=thinker_cfg.to_dict(), enable_audio_output=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     cfg._attn_implementation = attn_implementation
     model = Qwen2_5OmniForConditionalGeneration(cfg)
     model = _finish(model, seed)
