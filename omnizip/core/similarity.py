@@ -8,9 +8,31 @@ import torch
 from .select import block_rows
 
 
-def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``source[index]`` as float32 (the compute dtype of OmniZip), any index shape."""
-    return source[index].float()
+class RowGatherer:
+    """Gathers rows of ``source`` as float32 (OmniZip's compute dtype) into one reused buffer.
+
+    Blocked loops gather a block, use it and move on; reusing one buffer avoids paying for
+    a fresh (page-faulting) allocation per block, which on CPU costs more than the copy.
+    Each call's result is overwritten by the next call.
+
+    Args:
+        source: ``[L, D]`` any float dtype.
+        max_rows: the most rows one call will gather.
+    """
+
+    def __init__(self, source: torch.Tensor, max_rows: int) -> None:
+        self.source = source
+        self.buffer = torch.empty(max_rows, source.shape[1], dtype=torch.float32, device=source.device)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        """``source[index]`` as float32 ``[*index.shape, D]`` (a view of the buffer)."""
+        flat = index.reshape(-1)
+        out = self.buffer[: flat.numel()]
+        if self.source.dtype == torch.float32:
+            torch.index_select(self.source, 0, flat, out=out)
+        else:
+            out.copy_(self.source.index_select(0, flat))
+        return out.view(*index.shape, self.source.shape[1])
 
 
 def sequence_row_norms(source: torch.Tensor, block_elements: int) -> torch.Tensor:
@@ -54,15 +76,11 @@ def max_cosine_to_columns(
     if p == 0 or n == 0:
         return best
     width = block_rows(n, max(p, dim), block_elements)
-    columns = torch.empty(width, dim, dtype=torch.float32, device=rows_hat.device)
+    gather = RowGatherer(source, width)
     sims = torch.empty(p, width, dtype=torch.float32, device=rows_hat.device)
     for start in range(0, n, width):
         index = column_positions[start : start + width]
-        cols, out = columns[: index.numel()], sims[:, : index.numel()]
-        if source.dtype == torch.float32:
-            torch.index_select(source, 0, index, out=cols)
-        else:
-            cols.copy_(source.index_select(0, index))
+        cols, out = gather(index), sims[:, : index.numel()]
         if out.is_contiguous():
             torch.mm(rows_hat, cols.T, out=out)
         else:  # the last, narrower block
@@ -130,12 +148,13 @@ def max_cosine_within_windows(
     v_index, v_valid = v_index.to(device), v_valid.to(device)
     per_window = a_width * v_width + (a_width + v_width) * audio_hat.shape[1]
     windows = block_rows(n_windows, per_window, block_elements)
+    gather = RowGatherer(source, windows * v_width)
     for start in range(0, n_windows, windows):
         sl = slice(start, start + windows)
-        video = gather_rows(source, video_positions[v_index[sl]])  # [w, V_max, D]
+        video = gather(video_positions[v_index[sl]])  # [w, V_max, D]
         sims = torch.bmm(audio_hat[a_index[sl]], video.transpose(1, 2))
-        sims = sims * video_scale[v_index[sl]].unsqueeze(1)
-        sims = sims.masked_fill(~v_valid[sl].unsqueeze(1), float("-inf"))
+        sims.mul_(video_scale[v_index[sl]].unsqueeze(1))
+        sims.masked_fill_(~v_valid[sl].unsqueeze(1), float("-inf"))
         best = sims.amax(dim=2)  # [w, A_max]
         out.scatter_(0, a_target[sl].flatten(), best.flatten())
     return out[:n_audio]

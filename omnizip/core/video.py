@@ -11,7 +11,7 @@ import torch
 
 from .layout import FrameTable
 from .select import block_rows, keep_best
-from .similarity import gather_rows
+from .similarity import RowGatherer
 
 # SPEC 4 step 8 normalises as x / max(||x||, 1e-12) (F.normalize's rule).
 ISTC_NORM_EPS = 1e-12
@@ -34,19 +34,20 @@ def dpc_knn_scores(frames: torch.Tensor, inv_norm: torch.Tensor, knn: int) -> to
     cos = torch.bmm(unit, unit.transpose(1, 2))
     # d must be exactly symmetric: with k = 1 two mutual nearest neighbours have equal
     # density, and a rounding asymmetry would make one "strictly denser" than the other.
-    cos = torch.maximum(cos, cos.transpose(1, 2))
-    dist = 1.0 - cos
-    eye = torch.eye(n_tokens, dtype=torch.bool, device=frames.device)
-    dist_no_self = dist.masked_fill(eye, float("inf"))
+    dist = torch.maximum(cos, cos.transpose(1, 2)).neg_().add_(1.0)  # 1 - cos, one new tensor
+    diagonal = dist.diagonal(dim1=1, dim2=2)
+    # The farthest other token, with d_ii taken as 0 (for the densest token's delta).
+    diagonal.fill_(float("-inf"))
+    farthest = dist.amax(dim=2).clamp_(min=0.0)
+    diagonal.fill_(float("inf"))  # d_ii = inf from here on
     k = min(knn, n_tokens - 1)
     if k > 0:
-        nearest = torch.topk(dist_no_self, k, dim=2, largest=False).values
+        nearest = torch.topk(dist, k, dim=2, largest=False).values
         density = torch.exp(-nearest.mean(dim=2))
     else:  # a one-token frame: no neighbours, density exp(-0)
-        density = torch.ones_like(dist[:, :, 0])
+        density = torch.ones_like(farthest)
     denser = density.unsqueeze(1) > density.unsqueeze(2)  # [F, i, j]: rho_j > rho_i
-    to_denser = dist_no_self.masked_fill(~denser, float("inf")).amin(dim=2)
-    farthest = dist.masked_fill(eye, 0.0).amax(dim=2)
+    to_denser = dist.masked_fill_(~denser, float("inf")).amin(dim=2)
     delta = torch.where(denser.any(dim=2), to_denser, farthest)
     return density * delta
 
@@ -61,7 +62,7 @@ def temporal_similarity(
     Returns:
         float32 ``[F, P]``.
     """
-    return (frames * previous).sum(dim=2) * inv_norm * prev_inv_norm
+    return torch.linalg.vecdot(frames, previous, dim=2) * inv_norm * prev_inv_norm
 
 
 def frame_blocks(parity: torch.Tensor, rows: int) -> list[tuple[int, int]]:
@@ -103,9 +104,11 @@ def istc_keep(
     video_index = table.video_index.to(device)  # [F, P]
     keep = torch.empty_like(video_index, dtype=torch.bool)
     rows = block_rows(table.parity.numel(), tokens * (dim + 6 * tokens), block_elements)
-    for start, stop in frame_blocks(table.parity, rows):
+    blocks = frame_blocks(table.parity, rows)
+    gather = RowGatherer(source, max(stop - start for start, stop in blocks) * tokens)
+    for start, stop in blocks:
         index = video_index[start:stop]
-        frames = gather_rows(source, video_positions[index])  # [b, P, D]
+        frames = gather(video_positions[index])  # [b, P, D]
         inv_norm = video_inv_norm[index]
         parity = table.parity[start:stop]
         even = torch.nonzero(parity == 0).flatten()  # host tensors: no device sync
