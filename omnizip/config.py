@@ -59,10 +59,11 @@ class OmniZipConfig(CompressionMethod):
         token_budget: optional absolute number of audio+video tokens to keep per sequence,
             resolved like ``retention``. Use ``budget="exact"`` to meet either exactly.
         frame_parity: ``"chunk"`` (reference: ISTC frame parity restarts in every video
-            chunk) or ``"stream"`` (parity runs along each interleaved audio-video stream, and
-            an odd frame is compared with the previous frame even across chunks). Model
-            adapters whose layout puts one frame in each chunk (Qwen3-Omni) use ``"stream"``
-            so both halves of ISTC run.
+            chunk), ``"stream"`` (parity runs along each interleaved audio-video stream, and
+            an odd frame is compared with the previous frame even across chunks), or None
+            (default): the model's layout decides: ``"chunk"`` for Qwen2.5-Omni and the bare
+            core, ``"stream"`` for Qwen3-Omni, whose layout puts one frame in each chunk so
+            that per-chunk parity would never run the temporal half of ISTC.
         dynamic_ratios: ablation switch. False gives every video chunk ``rho_video`` (no
             audio guidance of the video ratios); the paper's "w/o dynamic ratio" ablation.
         merge_anchors: ablation switch. False keeps the anchors as they are (same token
@@ -88,7 +89,7 @@ class OmniZipConfig(CompressionMethod):
     audio_score: str = "global"
     retention: float | None = None
     token_budget: int | None = None
-    frame_parity: str = "chunk"
+    frame_parity: str | None = None
     dynamic_ratios: bool = True
     merge_anchors: bool = True
     audio_selection: str = "score"
@@ -115,7 +116,7 @@ class OmniZipConfig(CompressionMethod):
             ("merge_scope", MERGE_SCOPES),
             ("audio_score", AUDIO_SCORE_MODES),
             ("audio_selection", AUDIO_SELECTIONS),
-            ("frame_parity", FRAME_PARITIES),
+            ("frame_parity", (*FRAME_PARITIES, None)),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -203,7 +203,8 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
 
     Args:
         model: a supported model instance, e.g. transformers'
-            ``Qwen2_5OmniForConditionalGeneration`` or ``Qwen2_5OmniThinkerForConditionalGeneration``.
+            ``Qwen2_5OmniForConditionalGeneration`` or ``Qwen2_5OmniThinkerForConditionalGeneration``,
+            ``Qwen3OmniMoeForConditionalGeneration`` or ``Qwen3OmniMoeThinkerForConditionalGeneration``.
         config: :class:`OmniZipConfig`; default the paper's 45%-retention setting (SPEC 2).
             Any other pre-decoder method of :mod:`omnizip.methods` that needs no vision-encoder
             scores (the OmniZip ablations, ``random``, ``dycoke``) works the same way.

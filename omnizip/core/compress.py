@@ -172,7 +172,7 @@ def compress_sequence(
         raise TypeError(f"config must be an OmniZipConfig, got {type(config).__name__}")
     check_inputs(embeds, input_ids, audio_scores, audio_token_id, video_token_id)
     layout = build_layout(
-        input_ids, audio_token_id, video_token_id, tokens_per_frame, config.frame_parity
+        input_ids, audio_token_id, video_token_id, tokens_per_frame, config.frame_parity or "chunk"
     )
     device = embeds.device
     n_audio, n_video = layout.n_audio, layout.n_video

@@ -151,16 +151,17 @@ def build_inputs(
     """Processor inputs for a batch of one-turn user prompts with in-memory or file media.
 
     Args:
-        processor: a ``Qwen2_5OmniProcessor`` (real or :func:`build_offline_processor`).
+        processor: a ``Qwen2_5OmniProcessor`` or ``Qwen3OmniMoeProcessor`` (real, or
+            :func:`build_offline_processor` / :func:`build_offline_qwen3_omni_processor`).
         conversations: one list of items per batch row, in prompt order:
             ``{"type": "video", "video": frames [T,H,W,3] uint8 or a file path,
             "audio": waveform or None}`` (a file's own track is used when "audio" is absent),
             ``{"type": "audio", "audio": waveform}`` (16 kHz mono float),
             ``{"type": "image", "image": array [H,W,3]}``, ``{"type": "text", "text": str}``.
-        use_audio_in_video: lay a video's audio out interleaved with its frames in 2-second
-            chunks (Qwen2.5-Omni's ``use_audio_in_video``); otherwise the track becomes a
-            separate ``<|audio_bos|>...<|audio_eos|>`` block right after the video. Pass the
-            same flag to ``generate``.
+        use_audio_in_video: lay a video's audio out interleaved with its frames (Qwen2.5-Omni:
+            2-second chunks; Qwen3-Omni: each temporal grid step followed by its audio);
+            otherwise the track becomes a separate audio block right after the video. Pass
+            the same flag to ``generate``.
         fps: frames per second sampled from files; for arrays, the rate they were sampled at.
 
     Returns the processor's ``BatchFeature`` (left-padded when rows differ in length).

@@ -55,6 +55,9 @@ from ._common import (
     split_counts,
 )
 
+#: one second of Qwen2.5-Omni audio (25 tokens/s): the audio "frame" when nothing else is set
+DEFAULT_AUDIO_FRAME_TOKENS = 25
+
 __all__ = ["DyCokeConfig", "ttm_keep", "ttm_references"]
 
 
@@ -208,8 +211,9 @@ class DyCokeConfig(BudgetedMethod):
     Attributes:
         retention, token_budget: the budget (audio + video tokens kept).
         window: frames per TTM group (DyCoke: 4).
-        audio_frame_tokens: audio tokens per audio "frame" (25: one second of Qwen2.5-Omni
-            audio, one video grid step at 2 fps).
+        audio_frame_tokens: audio tokens per audio "frame"; None (default): one second of the
+            model's audio, as its adapter sets it (Qwen3-Omni: 13), else 25 (one second of
+            Qwen2.5-Omni audio, one video grid step at 2 fps).
         audio: apply TTM to audio too ("V&A", the OmniZip paper's setting; the budget is
             split in proportion). False: video-only DyCoke; audio is kept whole and counts
             against the budget (video keeps ``total - N_a``; audio is pruned by TTM only when
@@ -220,14 +224,15 @@ class DyCokeConfig(BudgetedMethod):
     name: ClassVar[str] = "dycoke"
 
     window: int = 4
-    audio_frame_tokens: int = 25
+    audio_frame_tokens: int | None = None
     audio: bool = True
     block_elements: int = 1 << 24
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("window", self.window, 2)
-        check_int("audio_frame_tokens", self.audio_frame_tokens, 1)
+        if self.audio_frame_tokens is not None:
+            check_int("audio_frame_tokens", self.audio_frame_tokens, 1)
         check_int("block_elements", self.block_elements, 1024)
         if not isinstance(self.audio, bool):
             raise TypeError(f"audio must be a bool, got {self.audio!r}")
@@ -248,7 +253,7 @@ class DyCokeConfig(BudgetedMethod):
         if n_a:
             keep_a = ttm_keep(
                 embeds, layout.audio_positions.to(device),
-                audio_frame_table(n_a, self.audio_frame_tokens), k_a, self.window,
+                audio_frame_table(n_a, self.audio_frame_tokens or DEFAULT_AUDIO_FRAME_TOKENS), k_a, self.window,
                 self.block_elements,
             )
         if n_v:

@@ -5,7 +5,8 @@
 """
 
 from .qwen2_5_omni import Qwen2_5OmniAdapter
+from .qwen3_omni import Qwen3OmniAdapter
 
-ADAPTERS = (Qwen2_5OmniAdapter,)
+ADAPTERS = (Qwen2_5OmniAdapter, Qwen3OmniAdapter)
 
-__all__ = ["ADAPTERS", "Qwen2_5OmniAdapter"]
+__all__ = ["ADAPTERS", "Qwen2_5OmniAdapter", "Qwen3OmniAdapter"]

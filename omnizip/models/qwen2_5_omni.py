@@ -71,8 +71,10 @@ class Qwen2_5OmniAdapter(ModelAdapter):
     """Hooks for ``Qwen2_5OmniForConditionalGeneration`` and its thinker (SPEC 3, 5).
 
     Subclass hooks for other families of the same shape (Qwen3-Omni): :attr:`audio_pool`
-    (frames pooled per audio token), :meth:`_locate` (module paths) and
-    :meth:`_extra_decoder_inputs` (per-token side inputs pruned with the same keep mask).
+    (frames pooled per audio token), :meth:`_locate` (module paths), :meth:`_stream_frames`
+    (last-layer audio frames per stream), :meth:`_method` (the method as run on this family's
+    token layout) and :meth:`_extra_decoder_inputs` (per-token side inputs pruned with the
+    same keep mask).
     """
 
     name = "qwen2_5_omni"
@@ -276,7 +278,7 @@ class Qwen2_5OmniAdapter(ModelAdapter):
             position_ids=positions,
             audio_scores=self._audio_scores(call, embeds, is_audio),
             tokens_per_frame=self._tokens_per_frame(call, grids, ids, padding, mrope),
-            method=self.handle.config,
+            method=self._method(),
             audio_token_id=self.audio_token_id,
             video_token_id=self.video_token_id,
             text_row=text_row,
@@ -467,6 +469,17 @@ class Qwen2_5OmniAdapter(ModelAdapter):
             pos[0] = pos[0] - session.n_dropped.to(pos.device, pos.dtype)[:, None]
             new["position_ids"] = pos
         return new
+
+    @property
+    def effective_method(self) -> Any:
+        """The compression method as this adapter runs it (``handle.config`` with any
+        layout-dependent fields adapted, e.g. ``frame_parity="stream"`` on Qwen3-Omni)."""
+        return self._method()
+
+    def _method(self) -> Any:
+        """The compression method as run on this family's token layout (the handle's config
+        here; a subclass may adapt layout-dependent fields, e.g. Qwen3-Omni's frame parity)."""
+        return self.handle.config
 
     def _extra_decoder_inputs(self, kwargs: dict, batch: Any) -> dict:
         """Per-token side inputs of the decoder to prune like the embeddings (none here;

@@ -1,0 +1,154 @@
+"""OmniZip for Hugging Face transformers' Qwen3-Omni (MoE thinker path), by forward hooks.
+
+The thinker has the Qwen2.5-Omni shape (``thinker.model.{audio_tower, visual, language_model}``,
+M-RoPE positions built before the decoder, the same placeholders and chat layout), so this
+adapter is :class:`~omnizip.models.qwen2_5_omni.Qwen2_5OmniAdapter` with four overrides:
+
+``audio_pool = 1``
+    The audio encoder downsamples with three stride-2 convolutions *before* its layers and has
+    no pooling after them: every frame of the last layer is one LLM audio token (about 13 per
+    second). Token scores are the frame scores (SPEC 3).
+:meth:`~Qwen3OmniAdapter._stream_frames`
+    Frames per audio stream: mel frames in chunks of ``2 * n_window`` (100), each full chunk
+    giving 13 frames, the tail chunk ``ceil`` halved three times, as the encoder computes them.
+    The encoder's attention windows (``n_window_infer`` mel frames) are its ``cu_seqlens``,
+    which ``audio_score="windowed"`` uses as given.
+:meth:`~Qwen3OmniAdapter._extra_decoder_inputs`
+    DeepStack: the decoder adds vision-encoder features to the hidden states of its first
+    layers at ``visual_pos_masks`` (image *and* video tokens, row-major). Both are pruned with
+    the sequence's keep mask: the mask is gathered to the re-padded layout, each feature tensor
+    keeps the rows of the kept visual tokens (order preserved), so image features stay whole.
+:meth:`~Qwen3OmniAdapter._method`
+    The layout decision below (``frame_parity="stream"``).
+
+Position ids and ``rope_deltas`` are floating point here (the temporal ids of video frames are
+``t * second_per_grid * 13``); the shared batch code keeps their dtype.
+
+Layout decision (windows and ISTC frame parity)
+-----------------------------------------------
+With the video's audio (``use_audio_in_video=True``), ``Qwen3OmniMoeProcessor.
+replace_video_with_audio_token`` interleaves by timestamp, in position ids (13 per second): the
+tokens of temporal grid step ``t`` (one vision "frame" of ``P`` tokens, i.e. 2 sampled frames)
+go at ``t * second_per_grid * 13``, before the audio token of the same time, followed by the
+audio tokens up to the next step::
+
+    <vision_start><audio_start> V_0 A_0 V_1 A_1 ... V_{m-1} A_{m-1} <audio_end><vision_end>
+
+so every maximal video run ``V_i`` holds exactly one frame, and ``A_i`` is the audio of
+``[t_i, t_{i+1})``: frame ``i``'s own audio (13 tokens when frames are sampled at 2 fps, i.e.
+1 s per grid step; 26 at the processor's fallback of 1 fps). The
+trailing video (audio shorter than the video) follows the last audio run as one multi-frame run;
+trailing audio (audio longer) extends the last ``A_i``.
+
+* Windows stay SPEC 1's rule: window ``i`` pairs ``V_i`` with ``A_i``. On this layout that is
+  one frame with its own audio, so the audio guidance (steps 5-7) runs per frame, with the
+  budget normalisation over all guided frames; trailing frames without audio are unguided
+  (``rho_video``), as in SPEC.
+* Frame parity runs along the stream (``OmniZipConfig(frame_parity="stream")``): consecutive
+  video runs separated only by audio tokens (one interleaved video) count frames 0, 1, 2, ...
+  across runs, even frames are pruned spatially (DPC-kNN), odd frames temporally against the
+  previous frame, which sits in the previous run. Under the reference rule (parity restarts in
+  every run) every frame would be frame 0 and the temporal half of ISTC would never run.
+  Each frame still gets its own window's ratio ``r_i``; only which ISTC step prunes it changes.
+  Separate videos (text between them) start their own count, as do video runs of another
+  resolution.
+
+The adapter applies ``frame_parity="stream"`` when the method leaves ``frame_parity`` unset
+(None, the default); ``OmniZipConfig(frame_parity="chunk")`` asks for the reference rule on this
+model. Likewise DyCoke's audio "frame" (``audio_frame_tokens``, one second of audio) becomes 13
+tokens, one second of Qwen3-Omni audio, unless set explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ._common import gather_tokens, select_flat
+from .qwen2_5_omni import Qwen2_5OmniAdapter
+
+__all__ = ["Qwen3OmniAdapter"]
+
+
+def _conv_stem(frames: torch.Tensor) -> torch.Tensor:
+    """Length after three stride-2 convolutions (kernel 3, padding 1); 0 stays 0."""
+    for _ in range(3):
+        frames = torch.where(frames > 0, (frames - 1) // 2 + 1, frames)
+    return frames
+
+
+class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
+    """Hooks for ``Qwen3OmniMoeForConditionalGeneration`` and its thinker (SPEC 3, 5).
+
+    Attributes:
+        frame_parity: ISTC frame parity used on this model when the method leaves its
+            ``frame_parity`` unset: ``"stream"`` (see the module docstring; one frame per video
+            run).
+    """
+
+    name = "qwen3_omni"
+    model_classes = (
+        "Qwen3OmniMoeForConditionalGeneration",
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+    )
+    #: no pooling after the encoder layers: one LLM token per last-layer frame (SPEC 3)
+    audio_pool = 1
+    #: LLM audio tokens per second of audio (100 mel frames -> 13 after the conv stem)
+    audio_tokens_per_second = 13
+
+    def __init__(self, model: torch.nn.Module, handle: Any) -> None:
+        super().__init__(model, handle)
+        self.frame_parity = "stream"
+        self.n_window = int(getattr(self.audio_tower, "n_window", 50))
+
+    def _locate(self, model: torch.nn.Module) -> tuple[Any, Any, Any, Any, Any]:
+        """(thinker, thinker.model, language model, audio tower, last audio attention)."""
+        thinker = getattr(model, "thinker", model)
+        try:
+            inner = thinker.model
+            decoder = inner.language_model
+            audio_tower = inner.audio_tower
+            score_attn = audio_tower.layers[-1].self_attn
+        except (AttributeError, IndexError) as exc:
+            raise ValueError(
+                f"model: {type(model).__name__} does not have the Qwen3-Omni layout "
+                "thinker.model.{language_model, audio_tower.layers[-1].self_attn}: "
+                f"{exc}"
+            ) from exc
+        for attr in ("q_proj", "k_proj", "num_heads", "scaling"):
+            if not hasattr(score_attn, attr):
+                raise ValueError(f"model: the last audio attention layer has no `{attr}`")
+        return thinker, inner, decoder, audio_tower, score_attn
+
+    def _stream_frames(self, feature_lens: torch.Tensor) -> torch.Tensor:
+        """Last-layer frames per audio stream: per ``2 * n_window`` mel-frame chunk, the conv
+        stem's output length (13 for a full chunk of 100), summed over the stream's chunks."""
+        chunk = 2 * self.n_window
+        full = feature_lens // chunk
+        per_full = _conv_stem(torch.tensor(chunk, dtype=torch.int64))
+        return full * per_full + _conv_stem(feature_lens % chunk)
+
+    def _method(self) -> Any:
+        """The method with this layout's defaults where the user left them unset (None):
+        stream frame parity, and 13-token (one-second) DyCoke audio frames."""
+        method = self.handle.config
+        changes: dict[str, Any] = {}
+        if getattr(method, "frame_parity", "") is None:
+            changes["frame_parity"] = self.frame_parity
+        if getattr(method, "audio_frame_tokens", 0) is None:
+            changes["audio_frame_tokens"] = self.audio_tokens_per_second
+        return dataclasses.replace(method, **changes) if changes else method
+
+    def _extra_decoder_inputs(self, kwargs: dict, batch: Any) -> dict:
+        """``visual_pos_masks`` and every DeepStack feature tensor, pruned like the sequence."""
+        mask = kwargs.get("visual_pos_masks")
+        if not isinstance(mask, torch.Tensor):
+            return {}
+        mask = mask.to(batch.keep.device, torch.bool)
+        out: dict[str, Any] = {"visual_pos_masks": gather_tokens(mask, batch.index, fill=False)}
+        features = kwargs.get("deepstack_visual_embeds")
+        if features is not None:
+            out["deepstack_visual_embeds"] = [select_flat(f, mask, batch.keep) for f in features]
+        return out
