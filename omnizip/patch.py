@@ -98,7 +98,10 @@ class OmniZipHandle:
         kept_indices: per row, int64 indices (into the uncompressed, padded prompt) of the
             tokens the decoder saw.
         audio_scores: per row, float32 ``[N_a_row]`` the importance each audio token was
-            ranked by (SPEC 3; None for a row without audio).
+            ranked by (SPEC 3; None for a row without audio, and for methods that do not rank
+            audio by encoder scores, e.g. ``fastv``).
+        video_scores: per row, float32 ``[N_v_row]`` the vision-encoder score each video token
+            was ranked by (methods with ``needs_video_scores``, i.e. ``visionzip``; else None).
         last_summary: the one-line summary logged at INFO after the last prefill.
         last_overhead_ms: wall time OmniZip added to the last prefill (audio scoring +
             compression), milliseconds.
@@ -112,6 +115,7 @@ class OmniZipHandle:
         self.results: list[TokenDecision] | None = None
         self.kept_indices: list[torch.Tensor] | None = None
         self.audio_scores: list[torch.Tensor | None] | None = None
+        self.video_scores: list[torch.Tensor | None] | None = None
         self.last_summary: str | None = None
         self.last_overhead_ms: float | None = None
         self.adapter = adapter_cls(model, self)
@@ -154,11 +158,13 @@ class OmniZipHandle:
         audio_scores: list[torch.Tensor | None],
         started: float,
         batch_tokens: tuple[int, int],
+        video_scores: list[torch.Tensor | None] | None = None,
     ) -> None:
         """Store the last prefill's per-row results and log the one-line INFO summary."""
         self.results = results
         self.kept_indices = kept_indices
         self.audio_scores = audio_scores
+        self.video_scores = video_scores if video_scores is not None else [None] * len(results)
         self.last_overhead_ms = (time.perf_counter() - started) * 1e3
         if not results:
             self.last_summary = "omnizip: no audio/video tokens in the prompt, nothing compressed"
@@ -206,8 +212,9 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
             ``Qwen2_5OmniForConditionalGeneration`` or ``Qwen2_5OmniThinkerForConditionalGeneration``,
             ``Qwen3OmniMoeForConditionalGeneration`` or ``Qwen3OmniMoeThinkerForConditionalGeneration``.
         config: :class:`OmniZipConfig`; default the paper's 45%-retention setting (SPEC 2).
-            Any other pre-decoder method of :mod:`omnizip.methods` that needs no vision-encoder
-            scores (the OmniZip ablations, ``random``, ``dycoke``) works the same way.
+            Any method of :mod:`omnizip.methods` works: the pre-decoder ones (the OmniZip
+            ablations, ``random``, ``dycoke``, ``visionzip`` with its vision-encoder scores)
+            the same way, ``fastv`` inside the decoder (after layer K).
 
     Returns:
         :class:`OmniZipHandle` (also a context manager). Patching an already patched model
@@ -217,8 +224,9 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
         TypeError: ``model`` is not a ``torch.nn.Module`` or ``config`` not an OmniZipConfig
             (or :class:`omnizip.method.CompressionMethod`).
         ValueError: ``model``'s class is not supported (the message lists the supported ones),
-            or ``config`` is a method the adapters cannot run yet (in-decoder pruning such as
-            ``fastv``, or one needing vision-encoder scores such as ``visionzip``).
+            or ``config`` cannot run on this model (``fastv`` with a ``layer`` outside
+            ``1 .. n_layers - 1``, or on a decoder with sliding-window layers; ``visionzip``
+            on a model without a vision encoder).
     """
     from .models import ADAPTERS
 
@@ -231,13 +239,6 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
             f"config must be an OmniZipConfig (or a CompressionMethod) or None, got "
             f"{type(config).__name__}"
         )
-    if config.in_decoder_layer is not None or config.needs_video_scores:
-        why = (
-            f"prunes inside the decoder (layer {config.in_decoder_layer})"
-            if config.in_decoder_layer is not None
-            else "needs vision-encoder scores"
-        )
-        raise ValueError(f"config: method {config.name!r} {why}, which omnizip.patch does not run yet")
     adapter_cls = next((a for a in ADAPTERS if a.matches(model)), None)
     if adapter_cls is None:
         raise ValueError(

@@ -557,9 +557,11 @@ def test_other_pre_decoder_methods(name, sdpa_model, processor, media):
 
 
 def test_unsupported_methods_are_refused(sdpa_model):
+    """fastv and visionzip run (tests/test_baselines_models.py); fastv after a layer the
+    decoder does not have (the paper's K = 5 on this 2-layer model) is refused up front."""
     from omnizip.methods import get_method
 
-    for name in ("fastv", "visionzip"):
-        with pytest.raises(ValueError, match="config"):
-            patch(sdpa_model, get_method(name))
+    for layer in (2, 5):
+        with pytest.raises(ValueError, match=r"config: method 'fastv'.*decoder has 2 layers"):
+            patch(sdpa_model, get_method("fastv", layer=layer))
     assert sum(a + b for a, b in hook_counts(sdpa_model)) == 0

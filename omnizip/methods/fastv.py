@@ -22,7 +22,8 @@ ranking comes from the attention of layer ``K-1``, the last full layer (FastV's 
 of layer K" in 1-based counting); layers ``K ..`` run on the kept tokens only.
 
 Adapter contract (what ``omnizip.patch`` must do for ``in_decoder_layer = K``; model paths
-for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``):
+for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``; implemented for both
+Qwen2.5-Omni and Qwen3-Omni in :mod:`omnizip.models.qwen2_5_omni`, option (a) of step 4):
 
 1. **Scores at layer K-1.** Register a forward pre-hook (``with_kwargs=True``) on
    ``decoder.layers[K-1].self_attn`` for the prefill call (the one whose ``hidden_states``
@@ -32,9 +33,10 @@ for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``):
    - ``q = self_attn.q_proj(h[:, last])`` -> ``[B, H, Dh]`` for each row's last real token
      (index ``L-1`` with left padding, the last non-pad index with right padding), and
      ``k = self_attn.k_proj(h)`` -> ``[B, L, H_kv, Dh]``;
-   - apply the model's rotary embedding to both exactly as the attention does (Qwen2.5-Omni:
-     ``apply_multimodal_rotary_pos_emb`` with ``mrope_section``, using ``cos``/``sin`` of the
-     last position for ``q``). Equivalently, take the keys from the KV cache after layer
+   - apply the model's rotary embedding to both exactly as the attention does (transformers
+     5.x: the rotary module already folds the M-RoPE sections into ``cos``/``sin``, so it is
+     ``x * cos + rotate_half(x) * sin``, with ``cos``/``sin`` of the last position for ``q``;
+     Qwen3-Omni applies ``q_norm``/``k_norm`` per head first). Equivalently, take the keys from the KV cache after layer
      ``K-1`` ran (``cache.layers[K-1].keys``, ``[B, H_kv, L, Dh]``: transpose to
      ``[B, L, H_kv, Dh]``; they are stored post-rotary) and only recompute ``q``;
    - ``scale = self_attn.scaling``.
@@ -51,7 +53,8 @@ for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``):
    ``hidden_states``, ``position_embeddings`` (``cos``/``sin``: gather along the token dim),
    ``position_ids`` (all rows), ``attention_mask`` (rebuild the 4-D causal mask over the kept
    tokens, or pass the 2-D padding mask when the attention builds its own) and
-   ``cache_position`` (``arange(L')``). Layers ``>= K`` then write only kept tokens to the
+   ``cache_position`` (``arange(L')``; transformers 5.x passes none: caches track their
+   own lengths). Layers ``>= K`` then write only kept tokens to the
    cache. Transformers' ``create_causal_mask`` is called once per forward in
    ``decoder.forward`` (before the layers), so the pre-hook must hand each later layer the
    pruned mask itself, e.g. by wrapping the layers' forward through the hook's kwargs.

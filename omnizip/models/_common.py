@@ -25,11 +25,15 @@ from ..method import CompressionMethod
 __all__ = [
     "BatchCompression",
     "DecodeSession",
+    "Repadded",
     "cache_length",
     "compress_batch",
     "gather_tokens",
     "padding_mask_2d",
+    "prune_cache_layers",
+    "repad_rows",
     "select_flat",
+    "split_rows",
     "tokens_per_frame_from_grid",
     "tokens_per_frame_from_positions",
 ]
@@ -219,6 +223,8 @@ class BatchCompression:
         changed: False when nothing was dropped (the inputs can pass unchanged).
         kept_indices: per row, int64 original slots kept, ascending.
         audio_scores: per row, float ``[N_a_row]`` the scores its audio tokens were ranked by.
+        video_scores: per row, float ``[N_v_row]`` the vision-encoder scores of its video tokens
+            (methods with ``needs_video_scores``), else None.
     """
 
     embeds: torch.Tensor
@@ -232,6 +238,94 @@ class BatchCompression:
     changed: bool
     kept_indices: list[torch.Tensor] = field(default_factory=list)
     audio_scores: list[torch.Tensor | None] = field(default_factory=list)
+    video_scores: list[torch.Tensor | None] = field(default_factory=list)
+
+
+def split_rows(
+    name: str, scores: torch.Tensor | None, is_token: torch.Tensor, padding: torch.Tensor
+) -> list[torch.Tensor | None]:
+    """Per row, the scores of its real ``is_token`` slots, from one score per such slot of the
+    whole batch in row-major order (as the encoders' features are scattered into it).
+
+    Returns None for every row when ``scores`` is None, and for rows without such tokens.
+    """
+    per_row = is_token.sum(1).tolist()
+    if scores is None:
+        return [None] * len(per_row)
+    if scores.numel() != sum(per_row):
+        raise ValueError(f"{name}: got {scores.numel()} scores for {sum(per_row)} tokens in the batch")
+    out: list[torch.Tensor | None] = []
+    start = 0
+    for b, n in enumerate(per_row):
+        if not n:
+            out.append(None)
+            continue
+        slot_scores = scores[start : start + n]
+        start += n
+        # a placeholder sitting in a pad slot cannot happen with real inputs; keep the scores of
+        # the real slots only so they line up with the row's real tokens
+        out.append(slot_scores[padding[b][is_token[b]].to(slot_scores.device)])
+    return out
+
+
+@dataclass
+class Repadded:
+    """A batch layout after dropping tokens row by row (see :func:`repad_rows`)."""
+
+    index: torch.Tensor  # int64 [B, L'] original slot of each new slot, -1 for pads
+    padding: torch.Tensor  # bool [B, L'] real tokens of the re-padded batch
+    keep: torch.Tensor  # bool [B, L] original slots kept
+    position_ids: torch.Tensor  # as given ([R, B, L'] or [B, L'])
+    rope_deltas: torch.Tensor  # [B, 1]
+    n_dropped: torch.Tensor  # int64 [B]
+
+
+def repad_rows(
+    kept_rows: list[torch.Tensor],
+    padding: torch.Tensor,
+    position_ids: torch.Tensor,
+    text_row: bool,
+) -> Repadded:
+    """Re-pad a batch whose row ``b`` keeps the original slots ``kept_rows[b]`` (ascending).
+
+    The batch is re-padded on the side it was padded on (left when no row is right-padded).
+    Kept tokens keep their position ids; a leading text row (``text_row``) is renumbered
+    contiguously per row from the row's first text position; pads get 1 (M-RoPE rows) / 0
+    (text row). ``rope_deltas`` is ``max(M-RoPE position) + 1 - kept`` per row (SPEC 5).
+    """
+    bsz, length = padding.shape
+    device = padding.device
+    pos = position_ids if position_ids.dim() == 3 else position_ids.unsqueeze(0)
+    if pos.shape[1] == 1 and bsz > 1:
+        pos = pos.expand(-1, bsz, -1)
+    n_valid = padding.sum(1)
+    n_kept = torch.tensor([k.numel() for k in kept_rows], dtype=torch.int64, device=device)
+    n_dropped = n_valid.to(torch.int64) - n_kept
+    new_len = int(n_kept.max()) if bsz else 0
+    right_padded = bool((~padding[:, -1]).any()) if length else False
+    index = torch.full((bsz, new_len), -1, dtype=torch.int64, device=device)
+    keep = torch.zeros(bsz, length, dtype=torch.bool, device=device)
+    for b in range(bsz):
+        n = kept_rows[b].numel()
+        slots = slice(0, n) if right_padded else slice(new_len - n, new_len)
+        index[b, slots] = kept_rows[b].to(device)
+        keep[b, kept_rows[b].to(device)] = True
+    new_padding = index >= 0
+
+    new_pos = gather_tokens(pos.to(device), index, fill=1, dim=2)
+    mrope_rows = new_pos[1:] if text_row else new_pos
+    if text_row:
+        first_valid = padding.float().argmax(1)  # first real slot of each row
+        start = pos[0].to(device).gather(1, first_valid[:, None])  # [B, 1] first text position
+        text = start + new_padding.to(pos.dtype).cumsum(1) - 1
+        new_pos[0] = text.masked_fill(~new_padding, 0)
+    masked_max = mrope_rows.masked_fill(~new_padding.unsqueeze(0), torch.iinfo(torch.int64).min
+                                        if not mrope_rows.is_floating_point() else float("-inf"))
+    max_pos = masked_max.amax(dim=(0, 2))
+    rope_deltas = (max_pos + 1 - n_kept.to(max_pos.dtype)).unsqueeze(1)
+    if position_ids.dim() == 2:
+        new_pos = new_pos[0]
+    return Repadded(index, new_padding, keep, new_pos, rope_deltas, n_dropped)
 
 
 def compress_batch(
@@ -246,6 +340,7 @@ def compress_batch(
     audio_token_id: int,
     video_token_id: int,
     text_row: bool,
+    video_scores: torch.Tensor | None = None,
 ) -> BatchCompression:
     """Compress each row of a (padded) batch on its own and re-pad (SPEC 5, SPEC 6.1).
 
@@ -259,84 +354,43 @@ def compress_batch(
         position_ids: ``[R, B, L]`` (or ``[B, L]``) position ids of the slots.
         audio_scores: float ``[N_a]`` one score per audio token of the whole batch in row-major
             order (as the audio features are scattered into the sequence), or None.
+        video_scores: float ``[N_v]`` likewise one per video token (VisionZip), or None.
         tokens_per_frame: per row, an int or one int per video chunk.
         text_row: True when ``position_ids[0]`` is the plain text row of a 4-row layout.
 
     The batch is re-padded on the side it was padded on (left when no row is right-padded).
     """
-    bsz, length, _ = embeds.shape
-    device = embeds.device
-    pos = position_ids if position_ids.dim() == 3 else position_ids.unsqueeze(0)
-    if pos.shape[1] == 1 and bsz > 1:
-        pos = pos.expand(-1, bsz, -1)
-    is_audio = input_ids == audio_token_id
-    audio_per_row = is_audio.sum(1).tolist()
-    if audio_scores is not None and audio_scores.numel() != sum(audio_per_row):
-        raise ValueError(
-            f"audio_scores: got {audio_scores.numel()} scores for {sum(audio_per_row)} audio "
-            "tokens in the batch"
-        )
-    offsets = [0]
-    for n in audio_per_row:
-        offsets.append(offsets[-1] + n)
+    bsz = embeds.shape[0]
+    audio_rows = split_rows("audio_scores", audio_scores, input_ids == audio_token_id, padding)
+    video_rows = split_rows("video_scores", video_scores, input_ids == video_token_id, padding)
 
     results: list[TokenDecision] = []
-    row_scores: list[torch.Tensor | None] = []
     kept_rows: list[torch.Tensor] = []
     kept_embeds: list[torch.Tensor] = []
     for b in range(bsz):
         valid = padding[b].nonzero().squeeze(1)
         ids_b = input_ids[b, valid]
-        scores_b = None
-        if audio_scores is not None and audio_per_row[b]:
-            slot_scores = audio_scores[offsets[b] : offsets[b + 1]]
-            # an audio placeholder sitting in a pad slot cannot happen with real inputs; keep
-            # the scores of the real slots only so they line up with ids_b
-            scores_b = slot_scores[padding[b][is_audio[b]].to(slot_scores.device)]
         res = method.compress(
             embeds[b, valid],
             ids_b,
             audio_token_id=audio_token_id,
             video_token_id=video_token_id,
             tokens_per_frame=tokens_per_frame[b],
-            audio_scores=scores_b,
+            audio_scores=audio_rows[b],
+            video_scores=video_rows[b],
         )
         results.append(res)
-        row_scores.append(scores_b)
         keep_dev = res.keep.to(valid.device)
         kept_rows.append(valid[keep_dev])
         kept_embeds.append(res.embeds[res.keep])
 
-    n_valid = padding.sum(1)
-    n_kept = torch.tensor([k.numel() for k in kept_rows], dtype=torch.int64, device=device)
-    n_dropped = n_valid.to(torch.int64) - n_kept
-    new_len = int(n_kept.max()) if bsz else 0
-    right_padded = bool((~padding[:, -1]).any()) if length else False
-    index = torch.full((bsz, new_len), -1, dtype=torch.int64, device=device)
-    out_embeds = embeds.new_zeros(bsz, new_len, embeds.shape[-1])
+    layout = repad_rows(kept_rows, padding, position_ids, text_row)
+    index = layout.index
+    out_embeds = embeds.new_zeros(bsz, index.shape[1], embeds.shape[-1])
     for b in range(bsz):
-        n = kept_rows[b].numel()
-        slots = slice(0, n) if right_padded else slice(new_len - n, new_len)
-        index[b, slots] = kept_rows[b]
-        out_embeds[b, slots] = kept_embeds[b].to(embeds.dtype)
-    new_padding = index >= 0
-    keep = torch.zeros(bsz, length, dtype=torch.bool, device=device)
-    for b in range(bsz):
-        keep[b, kept_rows[b]] = True
-
-    new_pos = gather_tokens(pos, index, fill=1, dim=2)
-    mrope_rows = new_pos[1:] if text_row else new_pos
-    if text_row:
-        first_valid = padding.float().argmax(1)  # first real slot of each row
-        start = pos[0].gather(1, first_valid[:, None])  # [B, 1] first text position
-        text = start + new_padding.to(pos.dtype).cumsum(1) - 1
-        new_pos[0] = text.masked_fill(~new_padding, 0)
-    masked_max = mrope_rows.masked_fill(~new_padding.unsqueeze(0), torch.iinfo(torch.int64).min
-                                        if not mrope_rows.is_floating_point() else float("-inf"))
-    max_pos = masked_max.amax(dim=(0, 2))
-    rope_deltas = (max_pos + 1 - n_kept.to(max_pos.dtype)).unsqueeze(1)
-    if position_ids.dim() == 2:
-        new_pos = new_pos[0]
+        out_embeds[b, layout.padding[b]] = kept_embeds[b].to(embeds.dtype)
+    n_dropped, new_padding, keep = layout.n_dropped, layout.padding, layout.keep
+    new_pos, rope_deltas = layout.position_ids, layout.rope_deltas
     return BatchCompression(
         embeds=out_embeds,
         padding=new_padding,
@@ -348,7 +402,8 @@ def compress_batch(
         n_dropped=n_dropped,
         changed=bool((n_dropped > 0).any()),
         kept_indices=kept_rows,
-        audio_scores=row_scores,
+        audio_scores=audio_rows,
+        video_scores=video_rows,
     )
 
 
@@ -431,3 +486,50 @@ class DecodeSession:
         if incoming is None and bool(mask.all()):
             return None
         return mask.to(dtype)
+
+
+def _gather_cache(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, :, index[b, j]]`` for a ``[B, H, L, Dh]`` cache tensor; ``-1`` slots get zeros."""
+    bsz, heads, _, dim = x.shape
+    idx = index.to(x.device)
+    out = x.gather(2, idx.clamp(min=0)[:, None, :, None].expand(bsz, heads, idx.shape[1], dim))
+    return out.masked_fill((idx < 0)[:, None, :, None], 0)
+
+
+def prune_cache_layers(cache: Any, layer_ids: Any, index: torch.Tensor) -> None:
+    """Keep, in the cache layers ``layer_ids``, only the prompt slots ``index`` (FastV).
+
+    Args:
+        cache: a transformers ``Cache`` whose listed layers hold the whole prompt (``L`` keys).
+        layer_ids: the layers to prune (those that ran before the in-decoder pruning).
+        index: int64 ``[B, L']`` the original slot of each new slot, -1 for pads (zeros).
+
+    Dynamic layers get new tensors; static layers are rewritten in place (their addresses
+    stay) and their length is reduced to ``L'``. Other layer kinds (sliding-window, quantized)
+    raise ``ValueError``.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"cache: {type(cache).__name__} has no per-layer storage to prune")
+    new_len = int(index.shape[1])
+    for i in layer_ids:
+        layer = layers[i]
+        kind = type(layer).__name__
+        if kind not in ("DynamicLayer", "StaticLayer"):
+            raise ValueError(
+                f"cache: pruning inside the decoder (fastv) supports dynamic and static caches, "
+                f"not {kind} (layer {i}); use a DynamicCache or StaticCache"
+            )
+        if not getattr(layer, "is_initialized", True) or layer.keys is None:
+            continue
+        length = int(layer.get_seq_length())
+        keys = _gather_cache(layer.keys[:, :, :length], index)
+        values = _gather_cache(layer.values[:, :, :length], index)
+        if kind == "StaticLayer":
+            layer.keys[:, :, :new_len].copy_(keys)
+            layer.values[:, :, :new_len].copy_(values)
+            layer.keys[:, :, new_len:length].zero_()
+            layer.values[:, :, new_len:length].zero_()
+            layer.cumulative_length.sub_(length - new_len)
+        else:
+            layer.keys, layer.values = keys, values

@@ -141,6 +141,25 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
             changes["audio_frame_tokens"] = self.audio_tokens_per_second
         return dataclasses.replace(method, **changes) if changes else method
 
+    def _deepstack_layers(self) -> int:
+        """Decoder layers after which DeepStack vision features are added (one per
+        ``deepstack_visual_indexes`` entry: after layers 0, 1, 2 in the real checkpoint)."""
+        vision = getattr(self.thinker.config, "vision_config", None)
+        return len(getattr(vision, "deepstack_visual_indexes", None) or ())
+
+    def _fastv_side_inputs(self, kwargs: dict, state: Any) -> dict:
+        """FastV with K below the DeepStack layers: the decoder would add layer i's features
+        (i >= K) with the unpruned ``visual_pos_masks``; hand it only the first K and add the
+        others, pruned, after their layer (:meth:`_after_fastv_layer`)."""
+        features = kwargs.get("deepstack_visual_embeds")
+        mask = kwargs.get("visual_pos_masks")
+        k = self._prune_layer
+        if features is None or not isinstance(mask, torch.Tensor) or len(features) <= k:
+            return {}
+        state.deepstack_full_mask = mask.to(torch.bool)
+        state.deepstack_tail = {i: features[i] for i in range(k, len(features))}
+        return {"deepstack_visual_embeds": list(features[:k])}
+
     def _extra_decoder_inputs(self, kwargs: dict, batch: Any) -> dict:
         """``visual_pos_masks`` and every DeepStack feature tensor, pruned like the sequence."""
         mask = kwargs.get("visual_pos_masks")
