@@ -31,8 +31,10 @@ setup: $(STAMP) system-deps
 test: setup
 	$(PY) -m pytest
 
+# The CLI on its defaults: a random-weight Qwen2.5-Omni built in code and the bundled clip.
 demo: setup
-	$(PY) -m omnizip.demo_core
+	$(VENV)/bin/omnizip run
+	$(VENV)/bin/omnizip inspect -o out/demo-report
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -110,6 +110,8 @@ class Qwen2_5OmniAdapter(ModelAdapter):
     """
 
     name = "qwen2_5_omni"
+    #: the model family, as error messages name it
+    family = "Qwen2.5-Omni"
     model_classes = (
         "Qwen2_5OmniForConditionalGeneration",
         "Qwen2_5OmniThinkerForConditionalGeneration",
@@ -154,7 +156,7 @@ class Qwen2_5OmniAdapter(ModelAdapter):
             score_attn = audio_tower.layers[-1].self_attn
         except (AttributeError, IndexError) as exc:
             raise ValueError(
-                f"model: {type(model).__name__} does not have the Qwen2.5-Omni layout "
+                f"model: {type(model).__name__} does not have the {self.family} layout "
                 "thinker.model.{language_model, audio_tower.layers[-1].self_attn}: "
                 f"{exc}"
             ) from exc

@@ -89,6 +89,7 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
     """
 
     name = "qwen3_omni"
+    family = "Qwen3-Omni"
     model_classes = (
         "Qwen3OmniMoeForConditionalGeneration",
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -102,25 +103,6 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         super().__init__(model, handle)
         self.frame_parity = "stream"
         self.n_window = int(getattr(self.audio_tower, "n_window", 50))
-
-    def _locate(self, model: torch.nn.Module) -> tuple[Any, Any, Any, Any, Any]:
-        """(thinker, thinker.model, language model, audio tower, last audio attention)."""
-        thinker = getattr(model, "thinker", model)
-        try:
-            inner = thinker.model
-            decoder = inner.language_model
-            audio_tower = inner.audio_tower
-            score_attn = audio_tower.layers[-1].self_attn
-        except (AttributeError, IndexError) as exc:
-            raise ValueError(
-                f"model: {type(model).__name__} does not have the Qwen3-Omni layout "
-                "thinker.model.{language_model, audio_tower.layers[-1].self_attn}: "
-                f"{exc}"
-            ) from exc
-        for attr in ("q_proj", "k_proj", "num_heads", "scaling"):
-            if not hasattr(score_attn, attr):
-                raise ValueError(f"model: the last audio attention layer has no `{attr}`")
-        return thinker, inner, decoder, audio_tower, score_attn
 
     def _stream_frames(self, feature_lens: torch.Tensor) -> torch.Tensor:
         """Last-layer frames per audio stream: per ``2 * n_window`` mel-frame chunk, the conv
