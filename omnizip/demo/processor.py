@@ -119,20 +119,19 @@ def _bpe_tokenizer(
     )
 
 
-def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | None = None) -> Any:
-    """A ``Qwen2_5OmniProcessor`` built offline with the real checkpoint's processing settings.
+def _assemble_processor(
+    processor_cls: Any, tokenizer: Any, chat_template: str, *, pixel_unit: int,
+    image_min_edge: int, max_pixels: int | None, min_pixels: int | None,
+) -> Any:
+    """A Qwen-Omni processor from the real sub-processors (Whisper features with 128 mel bins,
+    the Qwen2-VL image and video processors), offline.
 
     Args:
-        max_pixels / min_pixels: optional per-frame pixel bounds for images and video frames
-            (the real defaults are 768*28*28 / 128*28*28 for video); tests pass small values to
-            keep token counts low.
+        pixel_unit: 28 (Qwen2.5-Omni: 14-pixel patches, 2x2 merge) or 32 (Qwen3-Omni: 16).
+        image_min_edge: the image processor's default shortest edge (pixels per side).
+        max_pixels / min_pixels: optional per-frame pixel bounds for images and video frames.
     """
-    from transformers import (
-        Qwen2_5OmniProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-        WhisperFeatureExtractor,
-    )
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
 
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400,
@@ -143,26 +142,43 @@ def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | 
         size["shortest_edge"] = int(min_pixels)
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
-    img_kw: dict[str, Any] = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+    img_kw: dict[str, Any] = dict(patch_size=pixel_unit // 2, temporal_patch_size=2, merge_size=2)
     vid_kw: dict[str, Any] = dict(img_kw)
+    area = pixel_unit * pixel_unit
     if size:
-        img_kw["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280, **size}
-        vid_kw["size"] = {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28, **size}
+        img_kw["size"] = {"shortest_edge": image_min_edge**2, "longest_edge": area * 1280, **size}
+        vid_kw["size"] = {"shortest_edge": 128 * area, "longest_edge": 768 * area, **size}
     image_processor = Qwen2VLImageProcessor(**img_kw)
     # transformers' current default (no extra per-frame pixel cap), stated to silence its notice
     video_processor = Qwen2VLVideoProcessor(cap_pixels_per_frame=False, **vid_kw)
-    processor = Qwen2_5OmniProcessor(
+    processor = processor_cls(
         image_processor=image_processor,
         video_processor=video_processor,
         feature_extractor=feature_extractor,
-        tokenizer=build_offline_tokenizer(),
-        chat_template=CHAT_TEMPLATE,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
     )
     if size:
-        # Qwen2_5OmniProcessor's class-level video defaults (128..768 * 28*28 pixels per frame)
+        # The processors' class-level video defaults (128..768 * unit^2 pixels per frame)
         # override the video processor's own size; set ours on this instance instead.
         processor.videos_kwargs = {"size": dict(vid_kw["size"])}
     return processor
+
+
+def build_offline_processor(*, max_pixels: int | None = None, min_pixels: int | None = None) -> Any:
+    """A ``Qwen2_5OmniProcessor`` built offline with the real checkpoint's processing settings.
+
+    Args:
+        max_pixels / min_pixels: optional per-frame pixel bounds for images and video frames
+            (the real defaults are 768*28*28 / 128*28*28 for video); tests pass small values to
+            keep token counts low.
+    """
+    from transformers import Qwen2_5OmniProcessor
+
+    return _assemble_processor(
+        Qwen2_5OmniProcessor, build_offline_tokenizer(), CHAT_TEMPLATE, pixel_unit=28,
+        image_min_edge=56, max_pixels=max_pixels, min_pixels=min_pixels,
+    )
 
 
 # The Qwen3-Omni chat template's placeholder blocks (no default system turn, as in Qwen3):
@@ -218,38 +234,9 @@ def build_offline_qwen3_omni_processor(
             to keep token counts low. Frames are resized to multiples of 32 (16-pixel patches,
             2x2 merge), so 128x128 frames give 4x4 = 16 tokens per frame.
     """
-    from transformers import (
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-        Qwen3OmniMoeProcessor,
-        WhisperFeatureExtractor,
-    )
+    from transformers import Qwen3OmniMoeProcessor
 
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400,
-        padding_value=0.0, return_attention_mask=True,
+    return _assemble_processor(
+        Qwen3OmniMoeProcessor, build_offline_qwen3_omni_tokenizer(), QWEN3_OMNI_CHAT_TEMPLATE,
+        pixel_unit=32, image_min_edge=64, max_pixels=max_pixels, min_pixels=min_pixels,
     )
-    size: dict[str, int] = {}
-    if min_pixels is not None:
-        size["shortest_edge"] = int(min_pixels)
-    if max_pixels is not None:
-        size["longest_edge"] = int(max_pixels)
-    img_kw: dict[str, Any] = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
-    vid_kw: dict[str, Any] = dict(img_kw)
-    if size:
-        img_kw["size"] = {"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 1280, **size}
-        vid_kw["size"] = {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32, **size}
-    image_processor = Qwen2VLImageProcessor(**img_kw)
-    video_processor = Qwen2VLVideoProcessor(cap_pixels_per_frame=False, **vid_kw)
-    processor = Qwen3OmniMoeProcessor(
-        image_processor=image_processor,
-        video_processor=video_processor,
-        feature_extractor=feature_extractor,
-        tokenizer=build_offline_qwen3_omni_tokenizer(),
-        chat_template=QWEN3_OMNI_CHAT_TEMPLATE,
-    )
-    if size:
-        # the class-level video defaults (128..768 * 32*32 pixels per frame) override the video
-        # processor's own size; set ours on this instance instead
-        processor.videos_kwargs = {"size": dict(vid_kw["size"])}
-    return processor
