@@ -208,21 +208,30 @@ def build_tiny_qwen2_5_omni(
     Only the thinker exists (``enable_audio_output=False``), which is the path OmniZip serves.
     """
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     thinker_cfg = tiny_thinker_config(attn_implementation=attn_implementation, **sizes)
+    return _full_model(
+        Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, thinker_cfg,
+        attn_implementation, seed, dtype, QWEN2_5_OMNI_SPECIAL_TOKENS,
+    )
+
+
+def _full_model(config_cls, model_cls, thinker_cfg, attn_implementation, seed, dtype, tokens):
+    """A full Qwen-Omni model around a thinker config, audio output disabled, random weights."""
+    from transformers.utils import logging as hf_logging
+
     # the (unused) default talker config's text ids lie outside its codec vocabulary, which
     # transformers reports as warnings; they say nothing about this model
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        cfg = Qwen2_5OmniConfig(thinker_config=thinker_cfg.to_dict(), enable_audio_output=False)
+        cfg = config_cls(thinker_config=thinker_cfg.to_dict(), enable_audio_output=False)
     finally:
         hf_logging.set_verbosity(verbosity)
     cfg._attn_implementation = attn_implementation
-    model = Qwen2_5OmniForConditionalGeneration(cfg)
-    model = _finish(model, seed)
-    _finish(model.thinker, seed)
+    model = model_cls(cfg)
+    model = _finish(model, seed, tokens)
+    _finish(model.thinker, seed, tokens)
     return model.to(dtype)
 
 
@@ -387,17 +396,9 @@ def build_tiny_qwen3_omni(
     Only the thinker exists (``enable_audio_output=False``), which is the path OmniZip serves.
     """
     from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     thinker_cfg = tiny_qwen3_omni_thinker_config(attn_implementation=attn_implementation, **sizes)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused default talker config's notices
-    try:
-        cfg = Qwen3OmniMoeConfig(thinker_config=thinker_cfg.to_dict(), enable_audio_output=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    cfg._attn_implementation = attn_implementation
-    model = Qwen3OmniMoeForConditionalGeneration(cfg)
-    model = _finish(model, seed, QWEN3_OMNI_SPECIAL_TOKENS)
-    _finish(model.thinker, seed, QWEN3_OMNI_SPECIAL_TOKENS)
-    return model.to(dtype)
+    return _full_model(
+        Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration, thinker_cfg,
+        attn_implementation, seed, dtype, QWEN3_OMNI_SPECIAL_TOKENS,
+    )
