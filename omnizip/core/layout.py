@@ -61,7 +61,6 @@ class SequenceLayout:
         audio_chunk_starts, audio_chunk_lengths: int64 ``[n]``, maximal audio runs ``A_i``.
         video_chunk_starts, video_chunk_lengths: int64 ``[m]``, maximal video runs ``V_i``.
         audio_chunk_of_token: int64 ``[N_a]`` chunk id of each audio token.
-        video_chunk_of_token: int64 ``[N_v]`` chunk id of each video token.
         tokens_per_frame: int64 ``[m]`` P of each video chunk.
         frame_tables: one :class:`FrameTable` per distinct P (usually one).
     """
@@ -74,7 +73,6 @@ class SequenceLayout:
     video_chunk_starts: torch.Tensor
     video_chunk_lengths: torch.Tensor
     audio_chunk_of_token: torch.Tensor
-    video_chunk_of_token: torch.Tensor
     tokens_per_frame: torch.Tensor
     frame_tables: tuple[FrameTable, ...]
 
@@ -186,7 +184,6 @@ def build_layout(
     per_chunk_p = _tokens_per_frame_per_chunk(tokens_per_frame, int(v_starts.numel()))
 
     audio_chunk_of_token, _ = segment_ids(a_lengths)
-    video_chunk_of_token, _ = segment_ids(v_lengths)
 
     # Whole frames: chunk i holds F_i = |V_i| // P_i of them.
     frames = v_lengths // per_chunk_p
@@ -226,7 +223,6 @@ def build_layout(
         video_chunk_starts=v_starts,
         video_chunk_lengths=v_lengths,
         audio_chunk_of_token=audio_chunk_of_token,
-        video_chunk_of_token=video_chunk_of_token,
         tokens_per_frame=per_chunk_p,
         frame_tables=tuple(tables),
     )
