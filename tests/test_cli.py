@@ -349,3 +349,20 @@ def test_eval_end_to_end_on_a_tiny_local_benchmark(tiny_benchmark, tmp_path, cap
 def test_assets_are_package_data():
     text = (Path(cli.__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"assets/*.mp4"' in text
+
+
+def test_one_loader_for_every_command():
+    """The CLI, ``omnizip eval`` and the lmms-eval plugin's import path share one loader; bad
+    arguments name themselves before anything is built."""
+    import omnizip.eval.generation as generation
+    import omnizip.loading as loading
+
+    assert generation.load_model is loading.load_model
+    assert set(loading.BUILTIN_MODELS) >= {"tiny-qwen2.5-omni", "tiny-qwen3-omni", "tiny"}
+    assert {"qwen2_5_omni", "qwen3_omni_moe", "qwen3_omni_moe_thinker"} <= set(loading.MODEL_CLASSES)
+    with pytest.raises(ValueError, match=r"^dtype 'int8': expected auto, float32, bfloat16, float16$"):
+        loading.load_model("tiny", dtype="int8")
+    with pytest.raises(ValueError, match=r"^attn_implementation 'magic': expected one of"):
+        loading.load_model("tiny", attn_implementation="magic")
+    with pytest.raises(ValueError, match=r"^model '': expected a built-in name"):
+        loading.load_model("")
