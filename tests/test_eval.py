@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnizip.cli_eval import main as cli_main
+from omnizip.cli import main as cli_main
 from omnizip.eval import (
     build_conversation,
     build_prompt,
