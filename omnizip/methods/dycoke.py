@@ -213,7 +213,7 @@ class DyCokeConfig(BudgetedMethod):
         retention, token_budget: the budget (audio + video tokens kept).
         window: frames per TTM group (DyCoke: 4).
         audio_frame_tokens: audio tokens per audio "frame"; None (default): one second of the
-            model's audio, as its adapter sets it (Qwen3-Omni: 13), else 25 (one second of
+            model's audio, as its family's layout sets it (Qwen3-Omni: 13), else 25 (one second of
             Qwen2.5-Omni audio, one video grid step at 2 fps).
         audio: apply TTM to audio too ("V&A", the OmniZip paper's setting; the budget is
             split in proportion). False: video-only DyCoke; audio is kept whole and counts

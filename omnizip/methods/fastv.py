@@ -205,7 +205,7 @@ class FastVConfig(BudgetedMethod):
 
     @property
     def in_decoder_layer(self) -> int:
-        """K: the adapter prunes before decoder layer K (0-based), see the module docs."""
+        """K: the hooks prune before decoder layer K (0-based), see the module docs."""
         return self.layer
 
     def model_hooks(self, ctx: ModelContext) -> FastVHooks:

@@ -26,7 +26,8 @@ Here:
 - **Video scores** (``needs_video_scores``): per video token, the attention it receives in the
   vision encoder's last layer (summed over heads and queries inside the layer's attention
   span), averaged over the ``spatial_merge_size**2`` patches merged into the LLM token. The
-  adapter computes them with :func:`vision_token_scores` (see its docstring for the exact
+  method's own hooks (:mod:`omnizip.methods.visionzip_hooks`, :meth:`VisionZipConfig.model_hooks`)
+  compute them with :func:`vision_token_scores` (see its docstring for the exact
   tensors). ``video_score="energy"`` uses the L2 norm of each video embedding instead (no
   encoder hook; not VisionZip).
 - **Audio**: OmniZip's audio side (SPEC 4 steps 1-4: salient tokens by ``audio_scores``,
@@ -152,7 +153,7 @@ class VisionZipConfig(BudgetedMethod):
         dominant_fraction: share of each frame's kept tokens chosen as dominant (VisionZip:
             54 of 64); the rest are contextual.
         video_score: ``"attention"`` (VisionZip: vision-encoder attention, supplied by the
-            adapter as ``video_scores``) or ``"energy"`` (L2 norm of the embeddings).
+            method's hooks as ``video_scores``) or ``"energy"`` (L2 norm of the embeddings).
         contextual_ratio, g, merge_scope, audio_score: OmniZip's audio side (see
             :class:`~omnizip.OmniZipConfig`); ``audio_score`` tells the adapter how to score
             audio tokens.
@@ -245,7 +246,7 @@ class VisionZipConfig(BudgetedMethod):
                 if video_scores is None:
                     raise ValueError(
                         f"video_scores: visionzip needs one vision-encoder attention score per "
-                        f"video token ({n_v} here); the model adapter computes them "
+                        f"video token ({n_v} here); its model hooks compute them "
                         "(omnizip.methods.visionzip.vision_token_scores), or use "
                         "video_score='energy'"
                     )

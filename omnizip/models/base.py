@@ -51,6 +51,12 @@ class ModelAdapter:
         names = {klass.__name__ for klass in type(model).__mro__}
         return any(name in names for name in cls.model_classes)
 
+    @classmethod
+    def locate(cls, model: torch.nn.Module) -> Any:  # pragma: no cover - interface
+        """The family's modules on ``model`` (at least ``.decoder``, the language model whose
+        inputs are compressed); ValueError naming the family when one is missing."""
+        raise NotImplementedError
+
     def attach(self) -> None:  # pragma: no cover - interface
         """Register the hooks (through :meth:`_pre_hook` / :meth:`_post_hook`)."""
         raise NotImplementedError

@@ -40,7 +40,7 @@ import inspect
 import logging
 import time
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -59,9 +59,19 @@ from .prefill import (
     tokens_per_frame,
 )
 
-__all__ = ["Qwen2_5OmniAdapter"]
+__all__ = ["Qwen2_5OmniAdapter", "QwenOmniModules"]
 
 logger = logging.getLogger("omnizip")
+
+
+class QwenOmniModules(NamedTuple):
+    """Where the hooked modules of a Qwen-Omni model live."""
+
+    thinker: Any  # the thinker (the model itself, or ``model.thinker``)
+    inner: Any  # ``thinker.model``
+    decoder: Any  # ``thinker.model.language_model``
+    audio_tower: Any  # ``thinker.model.audio_tower``
+    score_attn: Any  # ``audio_tower.layers[-1].self_attn``
 
 
 class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
@@ -86,7 +96,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
 
     def __init__(self, model: torch.nn.Module, handle: Any) -> None:
         super().__init__(model, handle)
-        self.thinker, self.inner, self.decoder, self.audio_tower, self.score_attn = self._locate(model)
+        self.thinker, self.inner, self.decoder, self.audio_tower, self.score_attn = self.locate(model)
         cfg = self.thinker.config
         self.audio_token_id = int(cfg.audio_token_id)
         self.video_token_id = int(cfg.video_token_id)
@@ -118,8 +128,9 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         return self.method
 
     # -- setup ---------------------------------------------------------------------------------
-    def _locate(self, model: torch.nn.Module) -> tuple[Any, Any, Any, Any, Any]:
-        """(thinker, thinker.model, language model, audio tower, last audio attention)."""
+    @classmethod
+    def locate(cls, model: torch.nn.Module) -> QwenOmniModules:
+        """The family's modules on ``model`` (the full model or its thinker)."""
         thinker = getattr(model, "thinker", model)
         try:
             inner = thinker.model
@@ -128,14 +139,14 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
             score_attn = audio_tower.layers[-1].self_attn
         except (AttributeError, IndexError) as exc:
             raise ValueError(
-                f"model: {type(model).__name__} does not have the {self.family} layout "
+                f"model: {type(model).__name__} does not have the {cls.layout.name} layout "
                 "thinker.model.{language_model, audio_tower.layers[-1].self_attn}: "
                 f"{exc}"
             ) from exc
         for attr in ("q_proj", "k_proj", "num_heads", "scaling"):
             if not hasattr(score_attn, attr):
                 raise ValueError(f"model: the last audio attention layer has no `{attr}`")
-        return thinker, inner, decoder, audio_tower, score_attn
+        return QwenOmniModules(thinker, inner, decoder, audio_tower, score_attn)
 
     def attach(self) -> None:
         self._pre_hook(self.thinker, self._on_thinker)
