@@ -215,9 +215,9 @@ class VisionZipHooks(MethodHooks):
         self._seconds = 0.0
 
     def attach(self) -> None:
-        visual = self.ctx.vision_encoder
+        visual: Any = self.ctx.vision_encoder  # None when the model has no vision encoder
         try:
-            last_attn = visual.blocks[-1].attn  # type: ignore[union-attr,index]
+            last_attn = visual.blocks[-1].attn
         except (AttributeError, IndexError, TypeError) as exc:
             raise ValueError(
                 f"config: method {self.method.name!r} needs vision-encoder scores, but "
