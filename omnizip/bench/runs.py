@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 
+from ..models.capture import capture_decoder_inputs as capture_model_inputs
+
 __all__ = ["capture_decoder_inputs", "first_token", "forward", "gather_kept"]
-
-
-class _Stop(Exception):
-    """Raised by the capture hook to end a forward once the decoder inputs exist."""
 
 
 def first_token(thinker: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -23,23 +21,9 @@ def forward(thinker: Any, inputs: dict, uav: bool) -> torch.Tensor:
     return first_token(thinker, out.last_hidden_state)
 
 
-# TODO(lead): use omnizip.models.capture (capture_decoder_inputs(model, **inputs)) once merged
 def capture_decoder_inputs(thinker: Any, inputs: dict, uav: bool) -> dict:
     """Run the encoders and stop at the decoder's entry; returns the decoder's kwargs."""
-    got: dict = {}
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        got.update(kwargs)
-        raise _Stop
-
-    h = thinker.model.language_model.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
-    try:
-        thinker.model(**inputs, use_audio_in_video=uav, use_cache=True)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    return got
+    return capture_model_inputs(thinker, **inputs, use_audio_in_video=uav, use_cache=True)
 
 
 def gather_kept(kwargs: dict, kept: torch.Tensor) -> dict:
