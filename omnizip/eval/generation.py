@@ -103,6 +103,22 @@ def _decoder(model: Any) -> Any:
     return getattr(inner, "language_model", inner)
 
 
+def _with_audio_after_video(conversation: list[dict[str, Any]], video: str) -> list[dict[str, Any]]:
+    """A copy of ``conversation`` with an audio part after each part holding ``video``."""
+    out = []
+    for msg in conversation:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts: list[Any] = []
+            for part in content:
+                parts.append(part)
+                if part.get("type") == "video" and str(part.get("video")) == video:
+                    parts.append({"type": "audio", "audio": video})
+            msg = {**msg, "content": parts}
+        out.append(msg)
+    return out
+
+
 class OmniAnswerer:
     """``answer_fn(item) -> (text, stats)`` backed by a model and its processor.
 
@@ -116,7 +132,8 @@ class OmniAnswerer:
         max_frames: cap on sampled frames (uniform over the clip beyond it); None: no cap.
         min_pixels, max_pixels: per-frame pixel bounds handed to the video processor (the
             OmniZip paper used ``max_pixels = 128 * 28 * 28``); None: the processor's default.
-        use_audio_in_video: interleave the video's audio track (when it has one), as the paper.
+        use_audio_in_video: interleave the video's audio track (when it has one), as the paper;
+            False: the track follows the video as its own audio block.
         system_prompt: the system turn (:data:`~omnizip.eval.prompt.SYSTEM_PROMPT`).
     """
 
@@ -179,11 +196,9 @@ class OmniAnswerer:
             frames = frames[pick]
         if len(frames) % 2:  # temporal patch 2: an even number of frames, as qwen-omni-utils
             frames = frames[: len(frames) - 1] if len(frames) > 1 else frames.repeat(2, axis=0)
-        audio = None
-        if self.use_audio_in_video:
-            audio = load_audio_track(path, self.processor.feature_extractor.sampling_rate)
-            if audio is not None and audio.size == 0:
-                audio = None
+        audio = load_audio_track(path, self.processor.feature_extractor.sampling_rate)
+        if audio is not None and audio.size == 0:
+            audio = None
         return frames, audio
 
     def _pixel_bounds(self) -> dict[str, int]:
@@ -208,11 +223,13 @@ class OmniAnswerer:
             for part in msg.get("content", []) if isinstance(msg.get("content"), list) else []:
                 if part.get("type") == "video":
                     video_path = part.get("video")
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": True}
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "padding": True}
         uav = False
         if video_path is not None:
             frames, audio = self._media(str(video_path))
+            if audio is not None and not self.use_audio_in_video:
+                # the track as its own audio block right after the video (not interleaved)
+                conversation = _with_audio_after_video(conversation, str(video_path))
             kwargs["videos"] = [frames]
             videos_kwargs: dict[str, Any] = {"fps": self.fps, "do_sample_frames": False}
             if self.min_pixels is not None or self.max_pixels is not None:
@@ -220,10 +237,12 @@ class OmniAnswerer:
             kwargs["videos_kwargs"] = videos_kwargs
             if audio is not None:
                 kwargs["audio"] = [audio]
-                kwargs["load_audio_from_video"] = True
-                kwargs["audio_from_video_indices"] = [0]
-                uav = True
-        return self.processor(**kwargs), uav
+                if self.use_audio_in_video:
+                    kwargs["load_audio_from_video"] = True
+                    kwargs["audio_from_video_indices"] = [0]
+                    uav = True
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return self.processor(text=[text], **kwargs), uav
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, conversation: list[dict[str, Any]], max_new_tokens: int | None = None) -> tuple[str, dict]:
