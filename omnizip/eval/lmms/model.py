@@ -8,6 +8,7 @@ import inspect
 from typing import Any
 
 import torch
+from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
 
@@ -83,7 +84,7 @@ class OmniZipQwenOmni(lmms):
     def batch_size(self) -> int:
         return self.batch_size_per_gpu
 
-    def _answer(self, request: Any) -> str:
+    def _answer(self, request: Any) -> GenerationResult | str:
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
         gen_kwargs = dict(gen_kwargs or {})
         record: dict[str, Any] = {"doc_id": doc_id, "task": task}
@@ -113,9 +114,13 @@ class OmniZipQwenOmni(lmms):
             f"full model: audio {stats['n_audio']}, video {stats['n_video']} tokens")
         logger.info(f"{MODEL_NAME}: {task} doc {doc_id}: {summary}")
         self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-        return text
+        # the prompt tokens the decoder saw, after compression (lmms-eval logs them per sample)
+        seen = stats["prompt_tokens"] - (stats["n_audio"] + stats["n_video"]
+                                         - stats["kept_audio"] - stats["kept_video"])
+        return GenerationResult(text, TokenCounts(input_tokens=seen,
+                                                  output_tokens=stats["generated_tokens"]))
 
-    def generate_until(self, requests: list[Any]) -> list[str]:
+    def generate_until(self, requests: list[Any]) -> list[GenerationResult | str]:
         return [self._answer(request) for request in requests]
 
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
