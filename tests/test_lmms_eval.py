@@ -5,6 +5,7 @@ docs/evaluation.md, as written there)."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -103,6 +104,11 @@ def test_without_lmms_eval_an_import_error_names_the_extra(monkeypatch):
         plugin.build_model_class()
     with pytest.raises(ImportError, match="needs lmms-eval"):
         from omnizip.eval.lmms.models.omnizip_qwen_omni import OmniZipQwenOmni  # noqa: F401
+    # the legacy plugin layout imports without lmms-eval (moved from tests/test_eval.py)
+    from omnizip.eval.lmms import models
+
+    assert models.AVAILABLE_MODELS == {"omnizip_qwen_omni": "OmniZipQwenOmni"}
+    assert importlib.util.find_spec("omnizip.eval.lmms.tasks") is not None  # the CLI needs it
     assert Path(plugin.task_path(), "avut", "avut.yaml").is_file()
 
 
@@ -156,6 +162,10 @@ def test_generate_until_records_failures_and_clean_releases(clip, one_thread):
 
     lm = _create("pretrained=tiny,method=dycoke,retention=0.5,window=3", max_batch_size=8)
     assert lm.method_config.window == 3 and lm.method_config.retention == 0.5
+    # options given as text (a direct call) are parsed to the method's field types
+    direct = plugin.build_model_class()(pretrained="tiny", method="dycoke", window="3", retention="0.5")
+    assert direct.method_config.window == 3 and direct.method_config.retention == 0.5
+    direct.clean()
     docs = {0: {"visuals": [clip]}, 1: {"visuals": []}, 2: {"visuals": [clip, clip]}}
     lm.task_dict = {"task": {"test": docs}}
     out = lm.generate_until([_request("Q?\nA. x\nB. y", docs[i], i) for i in (0, 1, 2)])
