@@ -133,17 +133,20 @@ def normalise_answer(value: str) -> str | None:
 
 
 def options_and_answer(
-    where: Where, options: list[str], answer: str, name: str = "options"
+    where: Where, options: list[str], answer: str, name: str = "options",
+    answer_name: str = "answer",
 ) -> tuple[tuple[str, ...], str]:
+    """Displayed option lines and the answer letter, checked (``name``/``answer_name``: the
+    fields the errors name)."""
     if len(options) < 2:
         raise where.error(name, f"needs at least 2 options, got {len(options)}")
     if len(options) > len(LETTERS):
         raise where.error(name, f"has {len(options)} options, at most {len(LETTERS)} are supported")
     letter = normalise_answer(answer)
     if letter is None:
-        raise where.error("answer", f"must be an option letter, got {answer!r}")
+        raise where.error(answer_name, f"must be an option letter, got {answer!r}")
     if letter not in LETTERS[: len(options)]:
-        raise where.error("answer", f"is {letter!r} but there are only {len(options)} options")
+        raise where.error(answer_name, f"is {letter!r} but there are only {len(options)} options")
     return option_lines(options), letter
 
 

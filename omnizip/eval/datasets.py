@@ -322,7 +322,8 @@ def load_dailyomni(path: str | os.PathLike, video_dir: str | os.PathLike | None 
     for i, record in enumerate(data):
         where = Where(path, i)
         options, answer = options_and_answer(
-            where, list_field(where, record, "Choice"), text_field(where, record, "Answer"), "Choice"
+            where, list_field(where, record, "Choice"), text_field(where, record, "Answer"), "Choice",
+            "Answer",
         )
         video_id = text_field(where, record, "video_id")
         items.append(Item(
