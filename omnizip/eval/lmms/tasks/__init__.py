@@ -1,12 +1,8 @@
 """lmms-eval task configurations for the audio-video benchmarks lmms-eval lacks.
 
-=================  ====================  ===========================================  ==================
-task               benchmark             annotation file (``$OMNIZIP_<NAME>``)          videos
-=================  ====================  ===========================================  ==================
-``avut``           AVUT                  ``AV_Human_data.json``                        as ``omnizip eval``
-``daily_omni``     Daily-Omni            ``qa.json``                                   as ``omnizip eval``
-``shortvid_bench`` ShortVid-Bench        ``ShortVid-Bench-1k.json``                    as ``omnizip eval``
-=================  ====================  ===========================================  ==================
+- ``avut``: AVUT, annotation file ``AV_Human_data.json`` (``$OMNIZIP_AVUT``);
+- ``daily_omni``: Daily-Omni, ``qa.json`` (``$OMNIZIP_DAILY_OMNI``);
+- ``shortvid_bench``: ShortVid-Bench, ``ShortVid-Bench-1k.json`` (``$OMNIZIP_SHORTVID_BENCH``).
 
 Give lmms-eval this folder with ``--include_path`` (``python -m omnizip.eval.lmms.tasks`` prints
 it) and point the task at a local copy of the benchmark with an environment variable:
