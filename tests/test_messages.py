@@ -164,3 +164,35 @@ def test_frames_need_no_video_decoder(tmp_path, tiny):
     ids = inputs["input_ids"][0]
     assert int((ids == processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")).sum()) == _audio_tokens(1.0)
     assert int(inputs["video_grid_thw"][0, 0]) == 2  # 4 frames, temporal patch 2
+
+
+@needs_media
+def test_qwen3_omni_messages_to_compressed_generation(media):
+    """The same path on Qwen3-Omni (tiny random-weight thinker, offline processor)."""
+    import omnizip
+    from omnizip.demo.processor import build_offline_qwen3_omni_processor
+    from omnizip.demo.tiny_model import build_tiny_qwen3_omni_thinker
+    from omnizip.methods import get_method
+
+    clip, _ = media
+    model = build_tiny_qwen3_omni_thinker()
+    processor = build_offline_qwen3_omni_processor(max_pixels=128 * 128, min_pixels=64 * 64)
+    inputs = inputs_from_messages(
+        processor, _user({"type": "video", "video": clip}, {"type": "text", "text": "?"}))
+    ids = inputs["input_ids"][0]
+    is_audio = ids == model.config.audio_token_id
+    is_video = ids == model.config.video_token_id
+    n_audio, n_video = int(is_audio.sum()), int(is_video.sum())
+    assert n_audio > 0 and n_video == int(inputs["video_grid_thw"].prod()) // 4
+    audio_pos, video_pos = torch.nonzero(is_audio).flatten(), torch.nonzero(is_video).flatten()
+    assert video_pos.min() < audio_pos.min() < video_pos.max()  # interleaved with the frames
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with omnizip.patch(model, get_method("omnizip", retention=0.5)) as handle:
+            model.generate(**inputs, use_audio_in_video=True, max_new_tokens=2, do_sample=False)
+            (decision,) = handle.results
+    finally:
+        torch.set_num_threads(before)
+    assert (decision.n_audio, decision.n_video) == (n_audio, n_video)
+    assert abs(decision.n_audio_kept + decision.n_video_kept - round(0.5 * (n_audio + n_video))) <= 1
