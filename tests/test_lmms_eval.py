@@ -23,6 +23,7 @@ lmms_eval = pytest.importorskip("lmms_eval")
 
 from omnizip.demo.media import have_media_tools, make_test_clip  # noqa: E402
 from omnizip.eval import lmms_eval_plugin as plugin  # noqa: E402
+from omnizip.eval.lmms.model_args import conversation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_media = pytest.mark.skipif(not have_media_tools(), reason="needs ffmpeg and espeak-ng")
@@ -198,6 +199,13 @@ def test_use_audio_in_video_false_keeps_the_audio(clip, one_thread):
         lm.task_dict = {"task": {"test": {0: {"visuals": [clip]}}}}
         lm.generate_until([_request("Q?", {"visuals": [clip]})])
         stats[uav] = lm.last_stats[0]
+        inputs, interleaved = lm.answerer.inputs(conversation("Q?", [clip], None))
+        ids = inputs["input_ids"][0]
+        audio = torch.nonzero(ids == lm.answerer.audio_token_id).flatten()
+        video = torch.nonzero(ids == lm.answerer.video_token_id).flatten()
+        assert interleaved is uav
+        if not uav:  # its own block after the video, not dropped
+            assert audio.numel() > 0 and audio.min() > video.max()
         lm.clean()
     assert stats[False]["n_audio"] == stats[True]["n_audio"] > 0
     assert stats[False]["n_video"] == stats[True]["n_video"] > 0
