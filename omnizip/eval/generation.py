@@ -67,7 +67,8 @@ class OmniAnswerer:
         max_frames: cap on sampled frames (uniform over the clip beyond it); None: no cap.
         min_pixels, max_pixels: per-frame pixel bounds handed to the video processor (the
             OmniZip paper used ``max_pixels = 128 * 28 * 28``); None: the processor's default.
-        use_audio_in_video: interleave the video's audio track (when it has one), as the paper.
+        use_audio_in_video: interleave the video's audio track (when it has one), as the paper;
+            False: the track follows the video as its own audio block.
         system_prompt: the system turn (:data:`~omnizip.eval.prompt.SYSTEM_PROMPT`).
     """
 
@@ -119,10 +120,10 @@ class OmniAnswerer:
     # -- inputs --------------------------------------------------------------------------------
     def _media(self, path: str) -> tuple[Any, Any]:
         """Frames (an even number: temporal patch 2, as qwen-omni-utils) and the audio track
-        (None without one, or when the audio is not used)."""
+        (None without one)."""
         clip = read_clip(
             path, fps=self.fps, sampling_rate=self.processor.feature_extractor.sampling_rate,
-            audio="optional" if self.use_audio_in_video else "ignore", max_frames=self.max_frames,
+            audio="optional", max_frames=self.max_frames,
         )
         frames = clip.frames
         if len(frames) % 2:
@@ -162,7 +163,7 @@ class OmniAnswerer:
         extra = None
         if self.min_pixels is not None or self.max_pixels is not None:
             extra = {"size": self._pixel_bounds()}
-        return conversation_inputs(self.processor, [messages], use_audio_in_video=True,
+        return conversation_inputs(self.processor, [messages], use_audio_in_video=self.use_audio_in_video,
                                    fps=self.fps, videos_kwargs=extra)
 
     # -- generation ----------------------------------------------------------------------------
