@@ -89,8 +89,13 @@ def shift_to_budget(
     """
     total = prunable.sum()
     inside = (min_ratio * total <= target_discard) & (target_discard <= max_ratio * total)
-    lo = torch.where(inside, min_ratio, 0.0).to(torch.float64)
-    hi = torch.where(inside, max_ratio, BELOW_ONE).to(torch.float64)
+    # Bounds as float64 tensors: torch.where on Python floats would build float32 ones,
+    # rounding BELOW_ONE up to exactly 1.0 and r_min / r_max off their values.
+    def bound(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=base.device)
+
+    lo = torch.where(inside, bound(min_ratio), bound(0.0))
+    hi = torch.where(inside, bound(max_ratio), bound(BELOW_ONE))
     shift_lo = torch.full((), -2.0, dtype=torch.float64, device=base.device)
     shift_hi = torch.full((), 2.0, dtype=torch.float64, device=base.device)
     for _ in range(BISECTION_STEPS):  # fixed trip count, independent of the input size

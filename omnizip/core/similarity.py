@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .select import block_rows
+
+# OmniZip's similarities are float32 dot products of rows, some normalised only afterwards
+# (the norms are folded into a scale). Rows with norms below 2**60 keep every such product
+# below 2**120, far inside float32's range (about 2**128).
+SAFE_ROW_NORM = 2.0**60
 
 
 class RowGatherer:
@@ -48,6 +55,34 @@ def sequence_row_norms(source: torch.Tensor, block_elements: int) -> torch.Tenso
             source[start : start + rows].float(), dim=-1
         )
     return out
+
+
+def float32_safe(
+    source: torch.Tensor, positions: torch.Tensor, row_norms: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
+    """The rows decisions read, made safe for float32 similarities.
+
+    Cosines do not depend on scale, so when a decision row is too large for float32 (a norm
+    at or over :data:`SAFE_ROW_NORM`, or infinite: float64 beyond float32's range, or
+    float32 near its maximum) the whole ``source`` is scaled by a power of two (exact) so
+    that its largest value among ``positions`` is below 1. Ordinary inputs are returned as
+    they are, so their decisions do not change.
+
+    Args:
+        source: ``[L, D]`` any float dtype (detached); positions: int64 ``[n]`` decision rows.
+        row_norms: float32 ``[n]`` their norms. Reading the check synchronises once.
+    Returns:
+        (``source`` or a scaled copy, whether it was scaled).
+    """
+    if positions.numel() == 0 or bool((row_norms <= SAFE_ROW_NORM).all()):
+        return source, False
+    largest = float(source[positions].abs().amax())
+    if not math.isfinite(largest) or largest == 0.0:  # not finite input: nothing to promise
+        return source, False
+    exponent = math.frexp(largest)[1]  # largest < 2**exponent
+    # Two factors, each a normal number even for float64's range (2**-1024 would not be).
+    half = exponent // 2
+    return source * 2.0**-half * 2.0 ** (half - exponent), True
 
 
 def max_cosine_to_columns(
