@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import exclusive_cumsum
 from .select import block_rows, keep_best
 
 # SPEC 4 step 3 normalises the rows used for merging as x / (||x|| + 1e-6).
@@ -140,7 +141,7 @@ def plan_merges(
     counts = torch.zeros(n_anchor, dtype=torch.int64, device=device).index_add_(
         0, assignment, torch.ones_like(assignment)
     )
-    group_start = torch.cumsum(counts, 0) - counts
+    group_start = exclusive_cumsum(counts)
     rank = torch.arange(p, device=device) - group_start[group]
     chosen = rank < g
     # Softmax among each anchor's chosen entries: a group's first entry holds its highest

@@ -18,6 +18,7 @@ from .pipeline import run_pipeline
 from .results import CompressionResult
 from .scores import audio_energy_scores
 from .select import DEFAULT_BLOCK_ELEMENTS
+from .similarity import float32_safe
 from .validate import check_inputs
 
 BUDGET_MODES = ("reference", "exact")
@@ -182,7 +183,7 @@ class OmniZipConfig:
         """
         if audio_scores is None and (self.audio_score == "energy" or self.audio_selection == "random"):
             check_inputs(embeds, input_ids, None, audio_token_id, video_token_id)
-            audio_scores = audio_energy_scores(embeds.detach()[input_ids == audio_token_id])
+            audio_scores = _energy_ranking(embeds.detach()[input_ids == audio_token_id])
         return run_pipeline(
             embeds, input_ids, audio_scores, audio_token_id=audio_token_id,
             video_token_id=video_token_id, tokens_per_frame=tokens_per_frame, config=self,
@@ -236,3 +237,18 @@ class OmniZipConfig:
             else:
                 hi = mid
         return clip(self.rho_audio + hi), clip(self.rho_video + hi)
+
+
+def _energy_ranking(audio_rows: torch.Tensor) -> torch.Tensor:
+    """Energy scores (SPEC 3) of ``[N_a, D]`` rows, float32 ``[N_a]``, always finite.
+
+    Only their order matters (the salient tokens are the highest). Norms of rows near a
+    dtype's largest value overflow float32; then all rows are scaled by one power of two
+    first, which keeps the order.
+    """
+    scores = audio_energy_scores(audio_rows)
+    if bool(torch.isfinite(scores).all()):
+        return scores
+    everything = torch.arange(audio_rows.shape[0], device=audio_rows.device)
+    scaled, _ = float32_safe(audio_rows, everything, scores)
+    return audio_energy_scores(scaled)

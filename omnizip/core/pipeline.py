@@ -29,7 +29,7 @@ from .similarity import (
     max_cosine_within_windows,
     sequence_row_norms,
 )
-from .validate import check_inputs
+from .validate import check_audio_scores, check_inputs
 from .video import ISTC_NORM_EPS, istc_keep
 
 
@@ -51,7 +51,7 @@ def run_pipeline(
     )
     device = embeds.device
     n_audio, n_video = layout.n_audio, layout.n_video
-    _check_scores(audio_scores, n_audio, audio_token_id)
+    check_audio_scores(audio_scores, n_audio, audio_token_id)
     rho_audio, rho_video = config.resolve_ratios(n_audio, n_video)
     block = config.block_elements
 
@@ -169,23 +169,6 @@ def run_pipeline(
         rho_audio=rho_audio,
         rho_video=rho_video,
     )
-
-
-def _check_scores(audio_scores: torch.Tensor | None, n_audio: int, audio_token_id: int) -> None:
-    """One finite score per audio token (the finiteness check synchronises once)."""
-    if n_audio and (audio_scores is None or audio_scores.numel() != n_audio):
-        got = "None" if audio_scores is None else f"{audio_scores.numel()} scores"
-        raise ValueError(
-            f"audio_scores must hold one score per audio token: the sequence has {n_audio} "
-            f"audio tokens (id {audio_token_id}), got {got}"
-        )
-    if not n_audio and audio_scores is not None and audio_scores.numel() != 0:
-        raise ValueError(
-            f"audio_scores has {audio_scores.numel()} scores but the sequence has no audio "
-            f"tokens (id {audio_token_id}); pass None or an empty tensor"
-        )
-    if n_audio and not bool(torch.isfinite(audio_scores).all()):
-        raise ValueError("audio_scores must be finite, got NaN or infinite values")
 
 
 def _video_ratios(
