@@ -8,6 +8,7 @@ import torch
 
 from .layout import exclusive_cumsum
 from .select import block_rows, keep_best
+from .similarity import rowwise_products
 
 # SPEC 4 step 3 normalises the rows used for merging as x / (||x|| + 1e-6).
 MERGE_NORM_EPS = 1e-6
@@ -83,7 +84,8 @@ def assign_to_anchors(
         sims = pool_hat[start : start + rows] @ anchor_hat.T
         # torch.max returns the first maximal index: ties go to the earlier anchor.
         best_cos[start : start + rows], best[start : start + rows] = sims.max(dim=1)
-    return best, best_cos
+    # The winners' cosines once more, independent of the row blocking (see rowwise_products).
+    return best, rowwise_products(pool_hat, anchor_hat, best)
 
 
 @dataclass(frozen=True)
