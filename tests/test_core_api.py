@@ -521,3 +521,15 @@ def test_exact_budget_ratios_stay_below_one():
     assert res.window_audio_retention.tolist() == [1.0, 0.0, 0.5]
     assert res.video_chunk_ratio.tolist()[1:] == [0.7, 0.7]
     assert res.n_video_kept == round(0.4 * 24)
+
+
+def test_energy_selection_near_float32_max_ranks_by_norm():
+    """audio_score="energy" without scores (the method protocol): norms of rows near
+    float32's maximum overflow; the salient tokens are still the largest rows."""
+    ids = torch.tensor([T] + [A] * 10 + [T])
+    scale = torch.tensor([1.0, 0.2, 0.9, 0.1, 0.5, 0.6, 0.3, 0.8, 0.4, 0.7]) * 3e38
+    embeds = torch.zeros(12, 4)
+    embeds[1:11] = scale[:, None]
+    config = OmniZipConfig(audio_score="energy", rho_audio=0.5, g=0)
+    res = config.compress(embeds, ids, audio_token_id=A, video_token_id=V, tokens_per_frame=4)
+    assert res.salient.tolist() == (scale >= scale.sort().values[5]).tolist()

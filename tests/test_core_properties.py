@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from omnizip import OmniZipConfig, compress_sequence
+from omnizip import OmniZipConfig, audio_energy_scores, compress_sequence
 from omnizip.config import PRESETS
 
 A, V, T = 7, 9, 1  # audio, video, text ids
@@ -310,10 +310,15 @@ def test_method_protocol_compress_matches_compress_sequence(data):
         res = config.compress(embeds, ids, audio_token_id=A, video_token_id=V,
                               tokens_per_frame=tokens_per_frame, audio_scores=scores)
     else:
-        scores = torch.linalg.vector_norm(embeds[ids == A].double(), dim=-1).float()
-        assume(bool(torch.isfinite(scores).all()))
         res = config.compress(embeds, ids, audio_token_id=A, video_token_id=V,
                               tokens_per_frame=tokens_per_frame)
+        scores = audio_energy_scores(embeds[ids == A])  # the documented fallback (SPEC 3)
+        if not bool(torch.isfinite(scores).all()):
+            # Norms past float32's range: ranked from rows scaled by one power of two
+            # (test_core_api checks that order); here only the invariants.
+            event("energy scores past float32")
+            check_invariants(embeds, ids, None, frames, config, res)
+            return
     assert_identical(res, compress(embeds, ids, scores, tokens_per_frame, config), "protocol")
     check_invariants(embeds, ids, scores, frames, config, res)
 
