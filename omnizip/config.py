@@ -1,9 +1,9 @@
-"""OmniZip's configuration, defined with the algorithm in :mod:`omnizip.core.config`.
+"""``omnizip.OmniZipConfig``: OmniZip's configuration as a compression method.
 
-Re-exported here for ``from omnizip.config import OmniZipConfig``. The core cannot import
-the method protocol (it imports nothing from the rest of the package), so the configuration
-implements it by shape and is registered as a :class:`~omnizip.method.CompressionMethod`
-here, where both are visible.
+The configuration itself (fields, validation, presets, ``compress``) is defined with the
+algorithm in :mod:`omnizip.core.config`, which imports nothing from the rest of the package.
+This subclass adds the method protocol (:class:`omnizip.method.CompressionMethod`: what the
+model adapters ask of any method), so that patching a model takes it like any baseline.
 """
 
 from .core.config import (
@@ -14,11 +14,9 @@ from .core.config import (
     MAX_SEED,
     MERGE_SCOPES,
     PRESETS,
-    OmniZipConfig,
 )
+from .core.config import OmniZipConfig as CoreOmniZipConfig
 from .method import CompressionMethod
-
-CompressionMethod.register(OmniZipConfig)
 
 __all__ = [
     "AUDIO_SCORE_MODES",
@@ -28,5 +26,13 @@ __all__ = [
     "MAX_SEED",
     "MERGE_SCOPES",
     "PRESETS",
+    "CoreOmniZipConfig",
     "OmniZipConfig",
 ]
+
+
+class OmniZipConfig(CoreOmniZipConfig, CompressionMethod):
+    """:class:`omnizip.core.config.OmniZipConfig` (see there for every field) that is also a
+    :class:`~omnizip.method.CompressionMethod`. Fields, validation, equality and ``replace``
+    are the core's; the core's fields and ``compress`` take precedence over the protocol's
+    defaults."""

@@ -11,20 +11,16 @@ that layer instead (see the adapter docs).
 
 from __future__ import annotations
 
-from abc import ABC
 from typing import TYPE_CHECKING, ClassVar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # runtime import would be circular: the core imports the configuration
     import torch
 
     from .core import TokenDecision
 
 
-class CompressionMethod(ABC):  # noqa: B024 (an ABC for register(), not for abstract methods)
+class CompressionMethod:
     """Base of all methods. Subclasses are ``@dataclass(frozen=True)`` configurations.
-
-    An ABC so that :class:`~omnizip.OmniZipConfig`, which lives in the pure core and cannot
-    import this module, is registered as a method (in ``omnizip/config.py``).
 
     Class attributes:
         name: registry name (``"omnizip"``, ``"random"``, ...).

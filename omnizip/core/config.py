@@ -1,9 +1,10 @@
 """OmniZip configuration: one validated dataclass (SPEC section 2, options of section 7).
 
-It lives in the core because it is part of the algorithm's definition. It also implements
-the package's method protocol (``name``, the capability flags and ``compress``) by shape
-alone: the core imports nothing from the rest of the package, so the protocol class
-registers this one (see ``omnizip/config.py``).
+It lives in the core because it is part of the algorithm's definition, and so does
+``compress``, what the package's method protocol calls. The core imports nothing from the
+rest of the package, so the protocol itself (``omnizip.method.CompressionMethod``: hooks,
+per-family defaults) is added by the subclass ``omnizip/config.py`` exports as
+``omnizip.OmniZipConfig``; this class is its base and what :func:`compress_sequence` accepts.
 """
 
 from __future__ import annotations
@@ -92,10 +93,7 @@ class OmniZipConfig:
             peak memory for long inputs (SPEC deviation 6). Results do not depend on it.
     """
 
-    # The method protocol's class attributes (omnizip.method.CompressionMethod).
-    name: ClassVar[str] = "omnizip"
-    needs_video_scores: ClassVar[bool] = False
-    in_decoder_layer: ClassVar[int | None] = None
+    name: ClassVar[str] = "omnizip"  # the method registry's name
 
     rho_audio: float = 0.3
     rho_video: float = 0.6
