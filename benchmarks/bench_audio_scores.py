@@ -113,11 +113,11 @@ def floor(query, key, *, scope="global", stream_lengths=None, cu_seqlens=None,
     return out[:n_frames]
 
 
-def make_input(frames: int, seed: int = 0):
+def make_input(frames: int, heads: int = HEADS, head_dim: int = HEAD_DIM, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     # Projections of LayerNorm-ed states: unit-scale entries give logits of a few units.
-    query = torch.randn(frames, HEADS, HEAD_DIM, generator=gen)
-    key = torch.randn(frames, HEADS, HEAD_DIM, generator=gen)
+    query = torch.randn(frames, heads, head_dim, generator=gen)
+    key = torch.randn(frames, heads, head_dim, generator=gen)
     cu = [*range(0, frames, WINDOW_FRAMES), frames]
     return query, key, torch.tensor(cu, dtype=torch.int32)
 
@@ -136,12 +136,12 @@ def machine_name() -> str:
 
 
 def measure(seconds: int, scope: str, threads: int, repeats: int, with_old: bool,
-            min_seconds: float) -> dict:
+            min_seconds: float, heads: int = HEADS, head_dim: int = HEAD_DIM) -> dict:
     """Best wall and CPU time of each implementation over interleaved repeats: at least
     ``repeats``, more (up to 50) while one round takes under ``min_seconds`` in all."""
     torch.set_num_threads(threads)
     frames = seconds * FRAMES_PER_SECOND
-    query, key, cu = make_input(frames)
+    query, key, cu = make_input(frames, heads, head_dim)
     kwargs = dict(scope=scope, block_elements=BLOCK_ELEMENTS)
     if scope == "windowed":
         kwargs["cu_seqlens"] = cu
@@ -182,10 +182,13 @@ def main() -> None:
     parser.add_argument("--old-up-to", type=int, default=60,
                         help="time the old implementation on clips up to this many seconds "
                         "(it takes ~4x the new one's time on global clips)")
+    parser.add_argument("--heads", type=int, default=HEADS,
+                        help="attention heads (4 for the scaled model of bench_long_clip.py)")
+    parser.add_argument("--head-dim", type=int, default=HEAD_DIM, help="head width (8 there)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/audio_scores.json"))
     args = parser.parse_args()
     machine = machine_name()
-    print(f"machine: {machine}")
+    print(f"machine: {machine}; {args.heads} heads of {args.head_dim}")
     print("CPU seconds, best of the repeats (wall time of new in brackets)")
     print(f"{'clip':>6} {'frames':>6} {'scope':>8} {'thr':>3} {'reps':>4} | {'old':>8} {'new':>8} "
           f"{'floor':>8} | new/floor cpu  wall | old/new")
@@ -195,7 +198,8 @@ def main() -> None:
             for threads in args.threads:
                 long_global = seconds >= 300 and scope == "global"
                 row = measure(seconds, scope, threads, 1 if long_global else args.repeats,
-                              seconds <= args.old_up_to, 0.0 if long_global else args.min_seconds)
+                              seconds <= args.old_up_to, 0.0 if long_global else args.min_seconds,
+                              args.heads, args.head_dim)
                 rows.append(row)
                 c, w = row["cpu_s"], row["wall_s"]
                 old = f"{c['old']:8.3f}" if "old" in c else f"{'-':>8}"
@@ -205,7 +209,8 @@ def main() -> None:
                       f"{row['new_over_floor_wall']:5.2f}x | {speedup}   (wall new {w['new']:.3f} s)",
                       flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "heads": args.heads,
+                                    "head_dim": args.head_dim, "rows": rows}, indent=2))
     print(f"results in {args.out}")
 
 
