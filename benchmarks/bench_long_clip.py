@@ -136,7 +136,8 @@ def median_runs(runs: list[dict]) -> dict:
     return out
 
 
-def measure_clip(thinker, processor, clip, seconds: int, repeats: int, warmup: int) -> dict:
+def measure_clip(thinker, processor, clip, seconds: int, repeats: int, warmup: int,
+                 with_full: bool = True) -> dict:
     inputs, uav = build_prompt_inputs(processor, loop_clip(clip, seconds), QUESTION)
     ids = inputs["input_ids"]
     cfg = thinker.config
@@ -148,7 +149,7 @@ def measure_clip(thinker, processor, clip, seconds: int, repeats: int, warmup: i
     with torch.no_grad():
         for it in range(warmup + repeats):
             # interleaved run by run, so drifting machine load affects every configuration alike
-            row = {"full": runner.full()}
+            row = {"full": runner.full()} if with_full else {}
             for name, config in configs.items():
                 row[f"omnizip-{name}"], kept = runner.omnizip(config)
                 row[f"kept-{name}"] = runner.kept_only(kept)
@@ -163,22 +164,29 @@ def measure_clip(thinker, processor, clip, seconds: int, repeats: int, warmup: i
 
 def print_clip(row: dict) -> None:
     c = row["configs"]
-    full = c["full"]
+    full = c.get("full")
     print(f"\n{row['seconds']} s clip: {row['prompt_tokens']} prompt tokens (audio {row['audio_tokens']}, "
           f"video {row['video_tokens']}; {row['audio_encoder_frames']} audio encoder frames), "
           f"median of {row['repeats']}")
     print(f"  {'configuration':<20}{'tokens':>7}{'prefill s':>11}{'score s':>9}{'compr s':>9}"
           f"{'overhead/(c)':>14}{'(b)/(c)':>9}{'speedup':>9}{'peak MiB':>10}")
-    print(f"  {'(a) full':<20}{full['tokens']:>7}{full['prefill_s']:>11.3f}{'':>9}{'':>9}{'':>14}{'':>9}"
-          f"{1.0:>8.2f}x{full['peak_mib']:>10.0f}")
+    if full:
+        print(f"  {'(a) full':<20}{full['tokens']:>7}{full['prefill_s']:>11.3f}{'':>9}{'':>9}{'':>14}"
+              f"{'':>9}{1.0:>8.2f}x{full['peak_mib']:>10.0f}")
+    else:
+        print(f"  {'(a) full':<20}{row['prompt_tokens']:>7}{'not run (--full-up-to)':>24}")
+
+    def speedup(prefill: float) -> str:
+        return f"{full['prefill_s'] / prefill:>8.2f}x" if full else f"{'-':>9}"
+
     for name in VARIANTS:
         b, k = c[f"omnizip-{name}"], c[f"kept-{name}"]
         share = (b["score_s"] + b["compress_s"]) / k["prefill_s"]
         print(f"  {'(b) OmniZip ' + name:<20}{b['tokens']:>7}{b['prefill_s']:>11.3f}{b['score_s']:>9.3f}"
               f"{b['compress_s']:>9.3f}{share:>13.1%}{b['prefill_s'] / k['prefill_s']:>9.3f}"
-              f"{full['prefill_s'] / b['prefill_s']:>8.2f}x{b['peak_mib']:>10.0f}")
+              f"{speedup(b['prefill_s'])}{b['peak_mib']:>10.0f}")
         print(f"  {'(c) kept-only ' + name:<20}{k['tokens']:>7}{k['prefill_s']:>11.3f}{'':>9}{'':>9}{'':>14}"
-              f"{'':>9}{full['prefill_s'] / k['prefill_s']:>8.2f}x{k['peak_mib']:>10.0f}")
+              f"{'':>9}{speedup(k['prefill_s'])}{k['peak_mib']:>10.0f}")
 
 
 def main() -> None:
@@ -188,6 +196,9 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=112 * 112, help="pixels per video frame")
     parser.add_argument("--stock-audio-cap", action="store_true",
                         help=f"keep the processor's {PROCESSOR_AUDIO_CAP_S}-s audio cap")
+    parser.add_argument("--full-up-to", type=int, default=None, metavar="SECONDS",
+                        help="run (a) only on clips up to this long (it is the costliest run and "
+                        "not needed for the overhead); default: all clips")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/long_clip.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -201,7 +212,9 @@ def main() -> None:
         long = seconds >= 300
         cap = PROCESSOR_AUDIO_CAP_S if args.stock_audio_cap else max(PROCESSOR_AUDIO_CAP_S, seconds)
         processor = build_processor(args.max_pixels, cap)
-        row = measure_clip(thinker, processor, clip, seconds, 1 if long else args.repeats, 0 if long else 1)
+        with_full = args.full_up_to is None or seconds <= args.full_up_to
+        row = measure_clip(thinker, processor, clip, seconds, 1 if long else args.repeats,
+                           0 if long else 1, with_full)
         row["audio_cap_s"] = cap
         rows.append(row)
         print_clip(row)
