@@ -44,11 +44,9 @@ from pathlib import Path
 
 import torch
 
-# omnizip internals this script uses, all in one place (omnizip.bench and omnizip.cli are
-# being split into packages: these imports are the only lines to adjust when they move).
+# omnizip internals this script uses, all in one place.
 from omnizip import OmniZipConfig, patch
 from omnizip.bench import (
-    PeakMemory,
     StageTimer,
     build_scaled_thinker,
     capture_decoder_inputs,
@@ -56,8 +54,11 @@ from omnizip.bench import (
     gather_kept,
     machine_info,
 )
-from omnizip.cli import DEFAULT_CLIP, build_prompt_inputs, loop_clip, read_clip
+from omnizip.bench.memory import PeakMemory
+from omnizip.cli.options import DEFAULT_CLIP
+from omnizip.cli.session import prompt_inputs as build_prompt_inputs
 from omnizip.demo.processor import build_offline_processor
+from omnizip.inputs import loop_clip, read_clip
 
 QUESTION = "What happens in this video, and what is said?"
 PROCESSOR_AUDIO_CAP_S = 300
