@@ -70,7 +70,7 @@ def test_opt_outs_are_justified():
 @pytest.mark.parametrize(("line", "source", "reason"), NOT_RUN,
                          ids=[f"line{line}" for line, _, _ in NOT_RUN])
 def test_opted_out_blocks_compile(line, source, reason):
-    compile(source, f"README.md:{line}", "exec")
+    compile(source, f"README.md:{line}", "exec", dont_inherit=True)
 
 
 @pytest.mark.parametrize(("line", "source"), RUN, ids=[f"line{line}" for line, _ in RUN])
@@ -81,6 +81,8 @@ def test_block_runs(line, source, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model's small ops are fastest single-threaded here
     try:
-        exec(compile(source, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
+        # dont_inherit: this file's `from __future__ import annotations` must not leak into the
+        # block (a reader's paste has real annotations; dataclasses there depend on it)
+        exec(compile(source, f"README.md:{line}", "exec", dont_inherit=True), {"__name__": "__readme__"})
     finally:
         torch.set_num_threads(threads)
