@@ -214,17 +214,18 @@ def test_stray_placeholders_next_to_real_media_are_text(family, real, families):
 
 
 # ----------------------------------------------------------------------------- bug 3
-def test_qwen3_router_aux_loss_with_attention_mask(families):
-    """Qwen3-Omni, left-padded batch, default config, ``output_router_logits=True`` with the
-    caller's attention mask: no size mismatch, and ``aux_loss`` is transformers' own
-    load-balancing loss for a direct decoder run on the inputs the decoder got (the
-    compressed batch and its padding mask). ``generate`` with router logits gives the same
-    tokens as without."""
+@pytest.mark.parametrize("kind", ["av", "av_batch"])
+def test_qwen3_router_aux_loss_with_attention_mask(kind, families):
+    """Qwen3-Omni, default config, ``output_router_logits=True`` with the caller's attention
+    mask (one row, and a left-padded batch): no size mismatch, and ``aux_loss`` is
+    transformers' own load-balancing loss for a direct decoder run on the inputs the decoder
+    got (the compressed batch and its padding mask). (transformers' ``generate`` itself
+    cannot return router logits for a padded batch: its decode steps pass the whole mask.)"""
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import load_balancing_loss_func
 
     model, proc, media = families["qwen3_omni"]
-    inputs, uav = make_inputs(proc, media, "av_batch")
-    assert not bool(inputs["attention_mask"][1, 0])  # row 1 is left-padded
+    inputs, uav = make_inputs(proc, media, kind)
+    assert "attention_mask" in inputs
     with patch(model, OmniZipConfig()):
         spy = DecoderSpy(model)
         try:
@@ -234,23 +235,21 @@ def test_qwen3_router_aux_loss_with_attention_mask(families):
             spy.remove()
     prefill = spy.calls[0]
     mask = prefill["attention_mask"]
-    assert isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all())
-    assert mask.shape[1] < inputs["input_ids"].shape[1]  # tokens were dropped
+    n_rows = prefill["inputs_embeds"].shape[0] * prefill["inputs_embeds"].shape[1]
+    assert prefill["inputs_embeds"].shape[1] < inputs["input_ids"].shape[1]  # tokens were dropped
     with torch.no_grad():
         direct = model.model.language_model(**prefill_kwargs(prefill), output_router_logits=True)
     cfg = model.config.text_config
     want = load_balancing_loss_func(direct.router_logits, cfg.num_experts, cfg.num_experts_per_tok, mask)
-    unmasked = load_balancing_loss_func(direct.router_logits, cfg.num_experts, cfg.num_experts_per_tok, None)
-    assert not torch.allclose(want, unmasked)  # the padding matters, so the mask is checked
+    if kind == "av_batch":  # the padding matters, so the test sees which mask was used
+        assert isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all())
+        unmasked = load_balancing_loss_func(direct.router_logits, cfg.num_experts, cfg.num_experts_per_tok, None)
+        assert not torch.allclose(want, unmasked)
     assert out.aux_loss is not None
     torch.testing.assert_close(out.aux_loss, want, rtol=1e-5, atol=1e-6)
+    assert [r.shape[0] for r in out.router_logits] == [n_rows] * len(direct.router_logits)
     for got_layer, want_layer in zip(out.router_logits, direct.router_logits, strict=True):
         torch.testing.assert_close(got_layer, want_layer, rtol=1e-4, atol=1e-5)
-
-    with patch(model, OmniZipConfig()):
-        plain, _ = run_generate(model, inputs, uav)
-        routed, _ = run_generate(model, inputs, uav, output_router_logits=True)
-    assert torch.equal(routed.sequences, plain.sequences)
 
 
 # ----------------------------------------------------------------------------- bug 6
@@ -308,6 +307,44 @@ def test_second_text_turn_reuses_the_compressed_cache(family, resend, families):
         torch.stack(second.logits, dim=1)[0], ref[start : start + NEW_TOKENS], rtol=1e-4, atol=1e-5
     )
     assert answer2 == ref[start : start + NEW_TOKENS].argmax(-1).tolist()
+
+
+def two_turns(model, inputs, uav, q2):
+    """Turn 1 (greedy) then turn 2 on its cache with the whole conversation and its mask.
+    Returns (turn 1 answer [B, n], turn 2 answer [B, n], turn 2 logits [B, n, V])."""
+    first, _ = run_generate(model, inputs, uav)
+    conversation = torch.cat([first.sequences, q2.expand(first.sequences.shape[0], -1)], dim=1)
+    prompt = inputs["input_ids"].shape[1]
+    later = torch.ones_like(conversation[:, prompt:])
+    mask = torch.cat([inputs["attention_mask"], later], dim=1)  # keeps the left padding
+    with torch.no_grad():
+        second = model.generate(
+            input_ids=conversation, attention_mask=mask, cache=first.cache,
+            max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return (first.sequences[:, prompt:], second.sequences[:, -NEW_TOKENS:],
+            torch.stack(second.logits, dim=1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_second_text_turn_on_a_left_padded_batch(family, families):
+    """The same two turns on a left-padded batch (the caller's mask, with its padding, is
+    kept by ``generate``): every row's second answer equals that row's conversation run
+    alone (itself checked against the direct decoder run above)."""
+    model, proc, media = families[family]
+    inputs, uav = make_inputs(proc, media, "av_batch")
+    assert not bool(inputs["attention_mask"][1, 0])  # row 1 is left-padded
+    q2 = second_turn_ids(proc)
+    conv, _ = conversation("av_batch", media)
+    with patch(model, OmniZipConfig()):
+        answer1, answer2, logits2 = two_turns(model, inputs, uav, q2)
+        for row, items in enumerate(conv):
+            single = dict(build_inputs(proc, [items], use_audio_in_video=uav))
+            s_answer1, s_answer2, s_logits2 = two_turns(model, single, uav, q2)
+            assert torch.equal(s_answer1[0], answer1[row])
+            assert torch.equal(s_answer2[0], answer2[row])
+            torch.testing.assert_close(logits2[row], s_logits2[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
