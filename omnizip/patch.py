@@ -15,73 +15,33 @@ kept, and :meth:`OmniZipHandle.remove` deletes every hook (patching a patched mo
 removes the old patch). Which adapter serves a model is decided from its class name, so
 importing omnizip does not import transformers.
 
-Adapter interface (see :class:`ModelAdapter`): a class with ``name``, ``model_classes`` (class
-names it serves), ``matches(model)`` and ``attach()`` (registers its hooks through
-``_pre_hook``/``_post_hook``) and ``detach()`` (drops its state). A new
-model family (e.g. Qwen3-Omni) is one more file in ``omnizip/models`` listed in
-``omnizip.models.ADAPTERS``; the batch work (per-row compression, re-padding, decode masks,
-``rope_deltas``) is shared in ``omnizip.models._common``.
+Adapter interface (see :class:`omnizip.models.base.ModelAdapter`): a class with ``name``,
+``model_classes`` (class names it serves), ``matches(model)`` and ``attach()`` (registers its
+hooks through ``_pre_hook``/``_post_hook``) and ``detach()`` (drops its state). A new model
+family is one more file in ``omnizip/models`` listed in ``omnizip.models.ADAPTERS`` (the
+registry this module reads; ``models`` never imports ``patch``); the batch work (per-row
+compression, re-padding, decode masks, ``rope_deltas``) is shared in
+``omnizip.models.batch`` / ``omnizip.models.decode``. Methods that need hooks of their own
+provide them through :meth:`omnizip.method.CompressionMethod.model_hooks`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from .config import OmniZipConfig
 from .core import TokenDecision
 from .method import CompressionMethod
+from .models import ADAPTERS
+from .models.base import ModelAdapter
 
 __all__ = ["ModelAdapter", "OmniZipHandle", "patch", "supported_models"]
 
 logger = logging.getLogger("omnizip")
-
-
-class ModelAdapter:
-    """Base class of model adapters (one per model family).
-
-    Subclasses set ``name`` and ``model_classes`` and implement :meth:`attach`, which registers
-    forward hooks on the model *instance* through :meth:`_pre_hook` / :meth:`_post_hook` (the
-    handle removes them all). Hooks must be bound methods of the adapter (so :func:`patch` can
-    find and replace an existing patch) and must never modify the caller's tensors in place;
-    ``self.handle.config`` is the compression method, ``self.handle._record(...)`` publishes a
-    prefill's per-row results.
-    """
-
-    name: ClassVar[str] = ""
-    model_classes: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, model: torch.nn.Module, handle: OmniZipHandle) -> None:
-        self.model = model
-        self.handle = handle
-        self._registered: list[Any] = []
-
-    def _pre_hook(self, module: torch.nn.Module, fn: Any) -> None:
-        """Register ``fn(module, args, kwargs)`` as a forward pre-hook on ``module``."""
-        self._registered.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-
-    def _post_hook(self, module: torch.nn.Module, fn: Any, always_call: bool = False) -> None:
-        """Register ``fn(module, args, kwargs, output)`` as a forward hook on ``module``
-        (``always_call``: also when the forward raised)."""
-        self._registered.append(
-            module.register_forward_hook(fn, with_kwargs=True, always_call=always_call)
-        )
-
-    @classmethod
-    def matches(cls, model: torch.nn.Module) -> bool:
-        """True when ``model`` is (a subclass of) one of ``model_classes`` (by class name)."""
-        names = {klass.__name__ for klass in type(model).__mro__}
-        return any(name in names for name in cls.model_classes)
-
-    def attach(self) -> None:  # pragma: no cover - interface
-        """Register the hooks (through :meth:`_pre_hook` / :meth:`_post_hook`)."""
-        raise NotImplementedError
-
-    def detach(self) -> None:
-        """Drop per-model state (called by :meth:`OmniZipHandle.remove` after the hooks go)."""
 
 
 class OmniZipHandle:
@@ -186,8 +146,6 @@ class OmniZipHandle:
 
 def supported_models() -> tuple[str, ...]:
     """Class names :func:`patch` accepts."""
-    from .models import ADAPTERS
-
     return tuple(name for adapter in ADAPTERS for name in adapter.model_classes)
 
 
@@ -228,8 +186,6 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
             ``1 .. n_layers - 1``, or on a decoder with sliding-window layers; ``visionzip``
             on a model without a vision encoder).
     """
-    from .models import ADAPTERS
-
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if config is None:

@@ -24,15 +24,24 @@ import torch
 
 pytest.importorskip("transformers")
 
+from conftest import (
+    FAMILIES,
+    IMAGE,
+    NEW_TOKENS,
+    VIDEO,
+    decode_steps,
+    direct_logits,
+    embedding_stage,
+    generate,
+    hook_counts,
+    kept_inputs,
+    lm_of,
+)
+from conftest import tokens_per_frame_from_grid as tokens_per_frame
+
 from omnizip.demo.media import build_inputs, synthetic_frames, synthetic_speech
-from omnizip.demo.processor import build_offline_processor, build_offline_qwen3_omni_processor
-from omnizip.demo.tiny_model import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen3_omni_thinker
 from omnizip.methods import get_method
 from omnizip.patch import patch
-
-NEW_TOKENS = 3
-VIDEO, IMAGE = 151656, 151655
-FAMILIES = ("qwen2_5", "qwen3")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -41,24 +50,17 @@ class Family:
 
     def __init__(self, name: str, attn: str = "sdpa") -> None:
         self.name = name
+        spec = FAMILIES[name]
+        self.model = spec.thinker(attn, text_layers=3)
+        self.audio = spec.audio
         if name == "qwen2_5":
-            self.model = build_tiny_qwen2_5_omni_thinker(
-                seed=0, text_layers=3, attn_implementation=attn
-            )
             # 168x112 frames: 6x4 merged tokens per frame, wider than the encoder's 4x4-token
             # attention windows, so its window order differs from the LLM order
-            self.processor = build_offline_processor(max_pixels=168 * 112, min_pixels=56 * 56)
+            self.processor = spec.processor(max_pixels=168 * 112, min_pixels=56 * 56)
             size = {"width": 168, "height": 112}
-            self.audio = 151646
         else:
-            self.model = build_tiny_qwen3_omni_thinker(
-                seed=0, text_layers=3, attn_implementation=attn
-            )
-            self.processor = build_offline_qwen3_omni_processor(
-                max_pixels=128 * 128, min_pixels=64 * 64
-            )
+            self.processor = spec.processor(max_pixels=128 * 128, min_pixels=64 * 64)
             size = {"width": 128, "height": 128}
-            self.audio = 151675
         self.media = {
             "V": synthetic_frames(4.0, seed=0, **size),
             "A": synthetic_speech(4.0, 2.0, seed=0),
@@ -95,7 +97,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def fam(request):
     return Family(request.param)
 
@@ -106,33 +108,9 @@ def eager_qwen2_5():
 
 
 # ----------------------------------------------------------------------------- helpers
-class _Stop(Exception):
-    pass
-
-
-def lm_of(model):
-    return getattr(model, "thinker", model).model.language_model
-
-
-def embedding_stage(model, inputs):
-    """The unpatched thinker up to the decoder: embeddings, positions, DeepStack inputs."""
-    got: dict = {}
-
-    def on_decoder(mod, args, kwargs):
-        got["embeds"] = kwargs["inputs_embeds"].detach().clone()
-        got["positions"] = kwargs["position_ids"].detach().clone()
-        vpm = kwargs.get("visual_pos_masks")
-        got["vpm"] = None if vpm is None else vpm.clone()
-        ds = kwargs.get("deepstack_visual_embeds")
-        got["deepstack"] = None if ds is None else [f.detach().clone() for f in ds]
-        raise _Stop
-
-    hook = lm_of(model).register_forward_pre_hook(on_decoder, with_kwargs=True)
-    try:
-        with torch.no_grad(), pytest.raises(_Stop):
-            model(**inputs, use_audio_in_video=True)
-    finally:
-        hook.remove()
+def decoder_stage(model, inputs):
+    """The unpatched thinker's decoder inputs (M-RoPE rows only), with DeepStack inputs."""
+    got = embedding_stage(model, inputs, audio=False)
     if got["positions"].shape[0] == 4:  # a leading plain text row: keep the M-RoPE rows
         got["positions"] = got["positions"][1:]
     return got
@@ -206,70 +184,6 @@ def dense_video_scores(model, inputs):
     return per_token[order].float()
 
 
-def tokens_per_frame(inputs, ids_row):
-    """P of every video run of one row, from video_grid_thw (2x2 merge)."""
-    grid = inputs["video_grid_thw"]
-    per_video = (grid.prod(-1) // 4).tolist()
-    p_video = ((grid[:, 1] * grid[:, 2]) // 4).tolist()
-    is_v = (ids_row == VIDEO).long()
-    starts = ((is_v[1:] == 1) & (is_v[:-1] == 0)).nonzero().flatten() + 1
-    if is_v[0]:
-        starts = torch.cat([torch.tensor([0]), starts])
-    before = torch.cumsum(is_v, 0) - is_v
-    bounds = torch.tensor(per_video).cumsum(0)
-    return [p_video[int(torch.searchsorted(bounds, before[s], right=True))] for s in starts]
-
-
-def generate(model, inputs, **kw):
-    kw.setdefault("max_new_tokens", NEW_TOKENS)
-    kw.setdefault("do_sample", False)
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            use_audio_in_video=True,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **kw,
-        )
-    return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits, dim=1)
-
-
-def hook_counts(model):
-    return [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
-
-
-def decode_steps(model, cache, start, tokens):
-    """Feed ``tokens`` one by one at positions start, start + 1, ... (all three M-RoPE rows)."""
-    thinker = getattr(model, "thinker", model)
-    lm = lm_of(model)
-    out = []
-    for i, tok in enumerate(tokens):
-        emb = lm.embed_tokens(torch.tensor([[int(tok)]]))
-        pos = torch.full((3, 1, 1), start + i)  # int64, or float32 for float positions
-        res = lm(inputs_embeds=emb, position_ids=pos, cache=cache, use_cache=True)
-        cache = res.cache
-        out.append(thinker.lm_head(res.last_hidden_state[:, -1]))
-    return out
-
-
-def direct_logits(model, embeds, positions, tokens, vpm=None, deepstack=None):
-    """The decoder run directly on ``embeds`` [L', D] at ``positions`` [3, L'], then ``tokens``."""
-    thinker = getattr(model, "thinker", model)
-    lm = lm_of(model)
-    extra = {}
-    if vpm is not None:
-        extra = {"visual_pos_masks": vpm[None], "deepstack_visual_embeds": deepstack}
-    with torch.no_grad():
-        res = lm(
-            inputs_embeds=embeds[None], position_ids=positions[:, None], use_cache=True, **extra
-        )
-        start = positions.max() + 1
-        start = float(start) if positions.is_floating_point() else int(start)
-        out = [thinker.lm_head(res.last_hidden_state[:, -1])]
-        out += decode_steps(model, res.cache, start, tokens)
-    return torch.cat(out)
-
-
 # ----------------------------------------------------------------------------- VisionZip
 @pytest.mark.parametrize("kind", ["av", "image_av"])
 def test_visionzip_scores_decision_and_logits(fam, kind):
@@ -307,7 +221,7 @@ def test_visionzip_scores_decision_and_logits(fam, kind):
     torch.testing.assert_close(handle.video_scores[0], dense, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(generate_scores, dense, rtol=1e-4, atol=1e-5)
     # the decoder got exactly method.compress's decision with those scores
-    stage = embedding_stage(model, inputs)
+    stage = decoder_stage(model, inputs)
     decision = method.compress(
         stage["embeds"][0],
         ids,
@@ -331,12 +245,7 @@ def test_visionzip_scores_decision_and_logits(fam, kind):
     if kind == "image_av":
         assert bool(decision.keep[ids == IMAGE].all())
     # generate's logits == the decoder run directly on the kept tokens
-    vpm = deepstack = None
-    if stage["vpm"] is not None:
-        full_vpm = stage["vpm"][0]
-        vpm = full_vpm[decision.keep]
-        deepstack = [f[decision.keep[full_vpm]] for f in stage["deepstack"]]
-    ref = direct_logits(model, kept_embeds, kept_pos, tokens[0, :-1], vpm, deepstack)
+    ref = direct_logits(model, kept_inputs(stage, decision), tokens[0, :-1])
     torch.testing.assert_close(logits[0], ref, rtol=1e-4, atol=1e-5)
 
 
@@ -470,7 +379,7 @@ def test_fastv_generate_equals_manual_computation(fam, layer):
             plain = model(**inputs, use_audio_in_video=True, use_cache=False).logits
     assert hook_counts(model) == before
     ids = inputs["input_ids"][0]
-    stage = embedding_stage(model, inputs)
+    stage = decoder_stage(model, inputs)
     keep, ref = fastv_reference(model, stage, ids, layer, retention, tokens[0, :-1])
     res = handle.results[0]
     assert torch.equal(res.keep, keep)
@@ -492,7 +401,7 @@ def test_fastv_eager_attention(eager_qwen2_5):
     inputs = fam.inputs("av")
     with patch(fam.model, get_method("fastv", retention=0.7, layer=2)) as handle:
         tokens, logits = generate(fam.model, inputs)
-    stage = embedding_stage(fam.model, inputs)
+    stage = decoder_stage(fam.model, inputs)
     keep, ref = fastv_reference(fam.model, stage, inputs["input_ids"][0], 2, 0.7, tokens[0, :-1])
     assert torch.equal(handle.results[0].keep, keep)
     torch.testing.assert_close(logits[0], ref, rtol=1e-4, atol=1e-5)

@@ -1,18 +1,16 @@
 """The evaluation harness: loaders, prompt, answer extraction, the resumable runner, the CLI,
-the lmms-eval plugin, and an end-to-end run of a synthetic benchmark on the tiny model."""
+and an end-to-end run of a synthetic benchmark on the tiny model."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from omnizip.cli_eval import main as cli_main
+from omnizip.cli import main as cli_main
 from omnizip.eval import (
     build_conversation,
     build_prompt,
@@ -313,7 +311,7 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys):
     data = write_shortvid(tmp_path, ["a.mp4"], ["A"])
     base = ["--data", str(data), "--model", "tiny", "--output", str(tmp_path / "out")]
     code, err = _cli(capsys, "--benchmark", "mmlu", *base)
-    assert code == 2 and err == "omnizip eval: error: unknown benchmark 'mmlu'; known: worldsense, videomme, avut, shortvid"
+    assert code == 2 and err == "omnizip eval: error: unknown benchmark 'mmlu'; known: worldsense, videomme, avut, shortvid, dailyomni"
     code, err = _cli(capsys, "--benchmark", "shortvid", *base, "--method", "nope")
     assert code == 2 and err.startswith("omnizip eval: error: unknown method 'nope'") and "\n" not in err
     code, err = _cli(capsys, "--benchmark", "shortvid", *base, "--method", "dycoke", "--option", "windw=3")
@@ -325,23 +323,6 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys):
     _break(data, lambda d: d[0].pop("question"))
     code, err = _cli(capsys, "--benchmark", "shortvid", *base)
     assert code == 2 and f"{data}: item 0: field 'question' is missing" in err and "\n" not in err
-
-
-# ----------------------------------------------------------------------------- lmms-eval plugin
-def test_lmms_plugin_importable_without_lmms_eval():
-    from omnizip.eval import lmms_eval_plugin as plugin
-    from omnizip.eval.lmms import models
-
-    if plugin.is_available():
-        pytest.skip("lmms-eval is installed")
-    assert models.AVAILABLE_MODELS == {"omnizip_qwen_omni": "OmniZipQwenOmni"}
-    import importlib.util
-
-    assert importlib.util.find_spec("omnizip.eval.lmms.tasks") is not None  # the CLI needs it
-    with pytest.raises(ImportError, match="needs lmms-eval"):
-        plugin.build_model_class()
-    with pytest.raises(ImportError, match="needs lmms-eval"):
-        from omnizip.eval.lmms.models.omnizip_qwen_omni import OmniZipQwenOmni  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- end to end (tiny model)
@@ -445,51 +426,3 @@ def test_every_method_end_to_end_on_tiny_model(label, tmp_path, bench, tiny):
         slack = 1 if name.startswith("omnizip") else 0
         assert abs(kept - round(E2E_METHODS[label]["retention"] * total)) <= slack
     assert s["flops_ratio"] < 1.0
-
-
-@needs_media
-def test_lmms_plugin_with_a_stub_lmms_eval(bench, tiny, monkeypatch):
-    """The plugin class against lmms-eval's documented interface, with stand-in modules."""
-    from omnizip.eval import lmms_eval_plugin as plugin
-
-    registry: dict = {}
-
-    class lmms:  # lmms-eval's base class name
-        def __init__(self):
-            self._rank, self._world_size, self.task_dict = 0, 1, {}
-            self.cache_hook = types.SimpleNamespace(add_partial=lambda *a: None)
-
-        @property
-        def rank(self):
-            return self._rank
-
-    api = types.ModuleType("lmms_eval.api")
-    model_mod = types.ModuleType("lmms_eval.api.model")
-    model_mod.lmms = lmms
-    reg_mod = types.ModuleType("lmms_eval.api.registry")
-    reg_mod.register_model = lambda *names: (lambda cls: [registry.__setitem__(n, cls) for n in names] and cls)
-    for name, mod in {"lmms_eval": types.ModuleType("lmms_eval"), "lmms_eval.api": api,
-                      "lmms_eval.api.model": model_mod, "lmms_eval.api.registry": reg_mod}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(plugin, "_CLASS", None)
-    monkeypatch.setattr("omnizip.eval.generation.load_model", lambda *a, **k: tiny)
-
-    cls = plugin.register()
-    assert registry["omnizip_qwen_omni"] is cls and issubclass(cls, lmms)
-    lm = cls(pretrained="tiny", method="dycoke", retention=0.5, window="3", max_new_tokens=2)
-    assert lm.method_config.window == 3 and lm.method_config.retention == 0.5
-    video = str(load_benchmark("shortvid", bench)[0].video)
-    lm.task_dict = {"task": {"test": {7: {"video": video}}}}
-    req = types.SimpleNamespace(args=("Question?\nA. x\nB. y", {"until": ["\n"], "max_new_tokens": 1},
-                                      lambda doc: [doc["video"]], 7, "task", "test"))
-    out = lm.generate_until([req])
-    assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
-    stats = lm.last_stats[0]
-    assert stats["kept_audio"] + stats["kept_video"] == round(0.5 * (stats["n_audio"] + stats["n_video"]))
-    lm.answerer.close()
-    with pytest.raises(ValueError, match="unknown method 'zip'"):
-        cls(pretrained="tiny", method="zip")
-    with pytest.raises(NotImplementedError):
-        lm.loglikelihood([req])
-    with pytest.raises(ValueError, match="one request at a time"):
-        cls(pretrained="tiny", method="none", batch_size=4)

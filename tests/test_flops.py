@@ -91,3 +91,47 @@ def test_ratio_input_errors():
     with pytest.raises(ValueError, match=r"prune_layer must be an int in \[0, 2\]"):
         flops_ratio(dims, 1, 2, 2, 1, 1, prune_layer=3)
     assert flops_ratio(dims, 0, 0, 0, 0, 0) == 1.0
+
+
+# ----------------------------------------------------------------------------- one cost model
+def test_decoder_as_built_by_hand():
+    """The exact count for the models as built: GQA widths, three SwiGLU matrices, causal
+    attention; a MoE counts its active experts and its router."""
+    pytest.importorskip("transformers")
+    from omnizip.demo.tiny_model import tiny_qwen3_omni_thinker_config, tiny_thinker_config
+    from omnizip.flops import DecoderDims, decoder_dims
+
+    cfg = tiny_thinker_config()  # hidden 64, 4 heads / 2 KV heads of 16, FFN 128, 2 layers
+    assert decoder_dims(cfg) == DecoderDims(hidden=64, layers=2, q_width=64, kv_width=32,
+                                            mlp_width=128)
+    linear = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128
+    assert run_macs(cfg, 10) == 2 * (10 * linear + 10 * 11 * 64)
+    # R = 3 tokens over a cache of 10: each runs the linear layers and attends to 10 + i keys
+    assert run_macs(cfg, 10, generated=3) == 2 * (
+        10 * linear + 10 * 11 * 64 + sum(linear + 2 * 64 * (10 + i) for i in range(1, 4)))
+    moe = tiny_qwen3_omni_thinker_config()  # 4 experts, 2 per token of width 32
+    assert decoder_dims(moe) == DecoderDims(hidden=64, layers=2, q_width=64, kv_width=32,
+                                            mlp_width=2 * 32, router=4)
+
+
+def test_papers_convention_is_the_same_model():
+    """ModelDims (FastV's count) = the one formula with q = k = d, two FFN matrices and
+    non-causal attention."""
+    dims = ModelDims(hidden=4, intermediate=8, layers=3)
+    assert run_macs(dims, 10) == 3 * prefill_macs(10, 4, 8)
+    assert run_macs(dims, 10, generated=2) == 3 * (prefill_macs(10, 4, 8) + decode_macs(10, 2, 4, 8))
+
+
+def test_bench_prediction_and_eval_ratio_come_from_one_function():
+    pytest.importorskip("transformers")
+    import omnizip.bench as bench
+    from omnizip.demo.tiny_model import tiny_thinker_config
+    from omnizip.flops import decoder_dims, predicted_speedup
+
+    assert bench.predicted_speedup is predicted_speedup and bench.decoder_dims is decoder_dims
+    cfg = tiny_thinker_config()
+    # omnizip eval: 5 text + 40 audio + 100 video tokens, 20 + 50 kept, nothing generated;
+    # omnizip bench: 145 -> 75 decoder tokens
+    ratio = flops_ratio(cfg, 5, 40, 100, 20, 50)
+    assert ratio == pytest.approx(1 / predicted_speedup(145, 75, cfg))
+    assert ratio == pytest.approx(run_macs(cfg, 75) / run_macs(cfg, 145))

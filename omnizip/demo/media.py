@@ -2,8 +2,7 @@
 
 The clip is made by the standard tools (``espeak-ng`` for the speech, ``ffmpeg`` for the moving
 ``testsrc2`` pattern, the silence padding and the MP4 mux) and read back with the ecosystem's
-decoders: PyAV for the audio track, transformers' processors (PyAV backend) for the frames.
-Nothing here hand-decodes a container.
+decoders (PyAV, through :mod:`omnizip.inputs`, the one path from a file to the processor).
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..inputs import conversation_inputs, load_audio_track
 
 __all__ = [
     "DEFAULT_SPEECH",
@@ -85,29 +86,6 @@ def _run(cmd: list[str]) -> None:
         raise RuntimeError(f"{cmd[0]} failed: {detail.strip()}") from exc
 
 
-def load_audio_track(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarray | None:
-    """Decode the first audio stream of a media file to mono float32 at ``sampling_rate`` (PyAV).
-
-    Returns ``None`` when the file has no audio stream (a silent video).
-    """
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
-        chunks = []
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):  # flush
-            chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
-
-
 def synthetic_frames(
     seconds: float = 4.0, fps: float = 2.0, width: int = 112, height: int = 112, seed: int = 0
 ) -> np.ndarray:
@@ -150,82 +128,15 @@ def build_inputs(
 ) -> Any:
     """Processor inputs for a batch of one-turn user prompts with in-memory or file media.
 
-    Args:
-        processor: a ``Qwen2_5OmniProcessor`` or ``Qwen3OmniMoeProcessor`` (real, or
-            :func:`build_offline_processor` / :func:`build_offline_qwen3_omni_processor`).
-        conversations: one list of items per batch row, in prompt order:
-            ``{"type": "video", "video": frames [T,H,W,3] uint8 or a file path,
-            "audio": waveform or None}`` (a file's own track is used when "audio" is absent),
-            ``{"type": "audio", "audio": waveform}`` (16 kHz mono float),
-            ``{"type": "image", "image": array [H,W,3]}``, ``{"type": "text", "text": str}``.
-        use_audio_in_video: lay a video's audio out interleaved with its frames (Qwen2.5-Omni:
-            2-second chunks; Qwen3-Omni: each temporal grid step followed by its audio);
-            otherwise the track becomes a separate audio block right after the video. Pass
-            the same flag to ``generate``.
-        fps: frames per second sampled from files; for arrays, the rate they were sampled at.
-
+    ``conversations``: one list of items per batch row, in prompt order (the item format of
+    :func:`omnizip.inputs.conversation_inputs`, which this calls with one user turn per row).
     Returns the processor's ``BatchFeature`` (left-padded when rows differ in length).
-    Files are read with transformers' ``load_video`` (PyAV backend) and PyAV (audio track).
     """
-    from transformers.video_utils import load_video
-
-    sampling_rate = processor.feature_extractor.sampling_rate
-    texts: list[str] = []
-    images: list[Any] = []
-    videos: list[Any] = []
-    audio: list[np.ndarray] = []
-    from_video: list[int | None] = []
-    for items in conversations:
-        content: list[dict[str, Any]] = []
-        for item in items:
-            kind = item.get("type")
-            if kind == "video":
-                video = item["video"]
-                track = item.get("audio", "file")
-                if isinstance(video, (str, os.PathLike)):
-                    if isinstance(track, str) and track == "file":
-                        track = load_audio_track(video, sampling_rate)
-                    video, _ = load_video(str(video), fps=fps, backend="pyav")
-                elif isinstance(track, str):
-                    track = None
-                content.append({"type": "video"})
-                videos.append(video)
-                if track is not None and np.asarray(track).size:
-                    audio.append(np.asarray(track, dtype=np.float32))
-                    if use_audio_in_video:
-                        from_video.append(len(videos) - 1)
-                    else:
-                        from_video.append(None)
-                        content.append({"type": "audio"})
-            elif kind == "audio":
-                content.append({"type": "audio"})
-                audio.append(np.asarray(item["audio"], dtype=np.float32))
-                from_video.append(None)
-            elif kind == "image":
-                content.append({"type": "image"})
-                images.append(item["image"])
-            elif kind == "text":
-                content.append({"type": "text", "text": item["text"]})
-            else:
-                raise ValueError(f"conversations: unknown item type {kind!r}")
-        texts.append(
-            processor.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        )
-    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-    if images:
-        kwargs["images"] = images
-    if videos:
-        kwargs["videos"] = videos
-        # frames are already sampled; `fps` sets the time per frame (second_per_grid = 2 / fps)
-        kwargs["videos_kwargs"] = {"fps": fps, "do_sample_frames": False}
-    if audio:
-        kwargs["audio"] = audio
-        if use_audio_in_video and videos:
-            kwargs["load_audio_from_video"] = True
-            kwargs["audio_from_video_indices"] = from_video
-    return processor(**kwargs)
+    inputs, _ = conversation_inputs(
+        processor, [[{"role": "user", "content": items}] for items in conversations],
+        use_audio_in_video=use_audio_in_video, fps=fps,
+    )
+    return inputs
 
 
 def prepare_video_inputs(

@@ -1,5 +1,4 @@
-"""Random-weight Qwen2.5-Omni and Qwen3-Omni thinkers built from a config in code (nothing is
-downloaded).
+"""Random-weight Qwen2.5-Omni and Qwen3-Omni thinkers built in code (nothing is downloaded).
 
 The architecture is the real one (transformers' ``Qwen2_5OmniThinkerForConditionalGeneration``:
 Whisper-style audio encoder, Qwen2.5-VL vision encoder, M-RoPE decoder), only the widths and
@@ -147,9 +146,13 @@ def tiny_thinker_config(
         bos_token_id=tok["<|im_start|>"],
         eos_token_id=tok["<|im_end|>"],
     )
-    cfg._attn_implementation = attn_implementation
-    for sub in ("audio_config", "vision_config", "text_config"):
-        getattr(cfg, sub)._attn_implementation = attn_implementation
+    return _with_attention(cfg, attn_implementation)
+
+
+def _with_attention(cfg: Any, attn_implementation: str) -> Any:
+    """``cfg`` with the attention implementation set on it and its three sub-configs."""
+    for sub in (cfg, cfg.audio_config, cfg.vision_config, cfg.text_config):
+        sub._attn_implementation = attn_implementation
     return cfg
 
 
@@ -172,10 +175,9 @@ def _finish(
     model.eval()
     gc = getattr(model, "generation_config", None)
     if gc is not None:
-        tok = tokens
-        gc.pad_token_id = tok["<|endoftext|>"]
-        gc.eos_token_id = tok["<|im_end|>"]
-        gc.bos_token_id = tok["<|im_start|>"]
+        gc.pad_token_id = tokens["<|endoftext|>"]
+        gc.eos_token_id = tokens["<|im_end|>"]
+        gc.bos_token_id = tokens["<|im_start|>"]
         # a random model would stop at eos by chance; deterministic lengths make tests simpler
         gc.do_sample = False
     return model
@@ -195,9 +197,7 @@ def build_tiny_qwen2_5_omni_thinker(
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     cfg = tiny_thinker_config(attn_implementation=attn_implementation, **sizes)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
-    model = _finish(model, seed)
-    return model.to(dtype)
+    return _finish(Qwen2_5OmniThinkerForConditionalGeneration(cfg), seed).to(dtype)
 
 
 def build_tiny_qwen2_5_omni(
@@ -362,10 +362,7 @@ def tiny_qwen3_omni_thinker_config(
         bos_token_id=tok["<|im_start|>"],
         eos_token_id=tok["<|im_end|>"],
     )
-    cfg._attn_implementation = attn_implementation
-    for sub in ("audio_config", "vision_config", "text_config"):
-        getattr(cfg, sub)._attn_implementation = attn_implementation
-    return cfg
+    return _with_attention(cfg, attn_implementation)
 
 
 def build_tiny_qwen3_omni_thinker(
@@ -384,8 +381,7 @@ def build_tiny_qwen3_omni_thinker(
 
     cfg = tiny_qwen3_omni_thinker_config(attn_implementation=attn_implementation, **sizes)
     model = Qwen3OmniMoeThinkerForConditionalGeneration(cfg)
-    model = _finish(model, seed, QWEN3_OMNI_SPECIAL_TOKENS)
-    return model.to(dtype)
+    return _finish(model, seed, QWEN3_OMNI_SPECIAL_TOKENS).to(dtype)
 
 
 def build_tiny_qwen3_omni(

@@ -1,9 +1,11 @@
 """Answering benchmark items with a (patched) Qwen-Omni model: inputs, greedy decoding, stats.
 
 :class:`OmniAnswerer` is the ``answer_fn`` the runner uses with a real model (and what the
-lmms-eval plugin calls): it reads the video (frames with transformers' ``load_video``, the
-audio track with PyAV), builds the chat prompt of :mod:`omnizip.eval.prompt`, runs the
-thinker's ``generate`` greedily and reports what the decoder saw:
+lmms-eval plugin calls): it reads the video and its audio track with
+:func:`omnizip.inputs.read_clip`, builds the chat prompt of :mod:`omnizip.eval.prompt` into
+processor inputs with :func:`omnizip.inputs.conversation_inputs`, runs the thinker's
+``generate`` greedily and reports what the decoder saw. Models load with
+:func:`omnizip.loading.load_model` (re-exported here as ``load_model``):
 
 =====================  ======================================================================
 stat                   meaning
@@ -30,71 +32,20 @@ from typing import Any
 
 import torch
 
+from ..inputs import conversation_inputs, read_clip, to_device
+from ..loading import load_model  # the one loader; `model, processor = load_model(...)` unpacks
 from .datasets import Item
 from .prompt import SYSTEM_PROMPT, build_conversation
 
 __all__ = ["OmniAnswerer", "load_model"]
 
-#: Model id that builds the tiny random-weight thinker and the offline processor (no weights;
-#: for smoke tests of the whole pipeline).
+#: the built-in smoke-test model name (:data:`omnizip.loading.BUILTIN_MODELS`)
 TINY_MODEL = "tiny"
 
 
 def _sync(device: Any) -> None:
     if isinstance(device, torch.device) and device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def load_model(
-    model_id: str,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    attn_implementation: str | None = None,
-) -> tuple[Any, Any]:
-    """(model, processor) for a Qwen2.5-Omni / Qwen3-Omni checkpoint id or local path.
-
-    ``"tiny"`` builds :func:`omnizip.demo.tiny_model.build_tiny_qwen2_5_omni_thinker` with the
-    offline processor (random weights: accuracy is meaningless, everything else is real).
-    The talker (speech output) is disabled: the benchmarks read text answers.
-    """
-    if model_id == TINY_MODEL:
-        from ..demo.processor import build_offline_processor
-        from ..demo.tiny_model import build_tiny_qwen2_5_omni_thinker
-
-        model = build_tiny_qwen2_5_omni_thinker(attn_implementation=attn_implementation or "sdpa")
-        processor = build_offline_processor(max_pixels=112 * 112, min_pixels=56 * 56)
-        if device not in ("auto", "cpu"):
-            model = model.to(device)
-        return model, processor
-    import transformers
-    from transformers import AutoConfig, AutoProcessor
-
-    config = AutoConfig.from_pretrained(model_id)
-    classes = {
-        "qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration",
-        "qwen2_5_omni_thinker": "Qwen2_5OmniThinkerForConditionalGeneration",
-        "qwen3_omni_moe": "Qwen3OmniMoeForConditionalGeneration",
-    }
-    name = classes.get(getattr(config, "model_type", ""))
-    if name is None or not hasattr(transformers, name):
-        raise ValueError(
-            f"model {model_id!r}: model_type {getattr(config, 'model_type', None)!r} is not a "
-            f"supported omni model ({', '.join(classes)})"
-        )
-    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if device == "auto":
-        kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
-    else:
-        kwargs["device_map"] = device
-    model = getattr(transformers, name).from_pretrained(model_id, **kwargs)
-    if hasattr(model, "disable_talker"):
-        model.disable_talker()
-    model.eval()
-    processor = AutoProcessor.from_pretrained(model_id)
-    return model, processor
 
 
 def _decoder(model: Any) -> Any:
@@ -116,7 +67,8 @@ class OmniAnswerer:
         max_frames: cap on sampled frames (uniform over the clip beyond it); None: no cap.
         min_pixels, max_pixels: per-frame pixel bounds handed to the video processor (the
             OmniZip paper used ``max_pixels = 128 * 28 * 28``); None: the processor's default.
-        use_audio_in_video: interleave the video's audio track (when it has one), as the paper.
+        use_audio_in_video: interleave the video's audio track (when it has one), as the paper;
+            False: the track follows the video as its own audio block.
         system_prompt: the system turn (:data:`~omnizip.eval.prompt.SYSTEM_PROMPT`).
     """
 
@@ -167,24 +119,16 @@ class OmniAnswerer:
 
     # -- inputs --------------------------------------------------------------------------------
     def _media(self, path: str) -> tuple[Any, Any]:
-        from transformers.video_utils import load_video
-
-        from ..demo.media import load_audio_track
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"video file not found: {path}")
-        frames, _ = load_video(str(path), fps=self.fps, backend="pyav")
-        if self.max_frames is not None and len(frames) > self.max_frames:
-            pick = torch.linspace(0, len(frames) - 1, self.max_frames).round().long().tolist()
-            frames = frames[pick]
-        if len(frames) % 2:  # temporal patch 2: an even number of frames, as qwen-omni-utils
+        """Frames (an even number: temporal patch 2, as qwen-omni-utils) and the audio track
+        (None without one)."""
+        clip = read_clip(
+            path, fps=self.fps, sampling_rate=self.processor.feature_extractor.sampling_rate,
+            audio="optional", max_frames=self.max_frames,
+        )
+        frames = clip.frames
+        if len(frames) % 2:
             frames = frames[: len(frames) - 1] if len(frames) > 1 else frames.repeat(2, axis=0)
-        audio = None
-        if self.use_audio_in_video:
-            audio = load_audio_track(path, self.processor.feature_extractor.sampling_rate)
-            if audio is not None and audio.size == 0:
-                audio = None
-        return frames, audio
+        return frames, clip.audio
 
     def _pixel_bounds(self) -> dict[str, int]:
         """``{"shortest_edge": min, "longest_edge": max}`` pixels per frame: the bounds given,
@@ -202,28 +146,25 @@ class OmniAnswerer:
         return {"shortest_edge": min(low, high), "longest_edge": high}
 
     def inputs(self, conversation: list[dict[str, Any]]) -> tuple[Any, bool]:
-        """Processor inputs for a conversation whose user turn holds one video file."""
-        video_path = None
+        """Processor inputs for a conversation whose user turn holds one video file, and
+        whether its audio track is interleaved with it (``use_audio_in_video``)."""
+        messages = []
         for msg in conversation:
-            for part in msg.get("content", []) if isinstance(msg.get("content"), list) else []:
-                if part.get("type") == "video":
-                    video_path = part.get("video")
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "padding": True}
-        uav = False
-        if video_path is not None:
-            frames, audio = self._media(str(video_path))
-            kwargs["videos"] = [frames]
-            videos_kwargs: dict[str, Any] = {"fps": self.fps, "do_sample_frames": False}
-            if self.min_pixels is not None or self.max_pixels is not None:
-                videos_kwargs["size"] = self._pixel_bounds()
-            kwargs["videos_kwargs"] = videos_kwargs
-            if audio is not None:
-                kwargs["audio"] = [audio]
-                kwargs["load_audio_from_video"] = True
-                kwargs["audio_from_video_indices"] = [0]
-                uav = True
-        return self.processor(**kwargs), uav
+            content = msg.get("content")
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if part.get("type") == "video" and isinstance(part.get("video"), (str, Path)):
+                        frames, audio = self._media(str(part["video"]))
+                        part = {"type": "video", "video": frames, "audio": audio}
+                    parts.append(part)
+                msg = {**msg, "content": parts}
+            messages.append(msg)
+        extra = None
+        if self.min_pixels is not None or self.max_pixels is not None:
+            extra = {"size": self._pixel_bounds()}
+        return conversation_inputs(self.processor, [messages], use_audio_in_video=self.use_audio_in_video,
+                                   fps=self.fps, videos_kwargs=extra)
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, conversation: list[dict[str, Any]], max_new_tokens: int | None = None) -> tuple[str, dict]:
@@ -231,9 +172,7 @@ class OmniAnswerer:
         inputs, uav = self.inputs(conversation)
         thinker = getattr(self.model, "thinker", self.model)
         device = next(thinker.parameters()).device
-        dtype = next(thinker.parameters()).dtype
-        inputs = {k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device))
-                  if isinstance(v, torch.Tensor) else v for k, v in dict(inputs).items()}
+        inputs = to_device(inputs, device, next(thinker.parameters()).dtype)
         ids = inputs["input_ids"][0]
         timing: dict[str, float] = {}
         decoder = _decoder(self.model)

@@ -1,56 +1,67 @@
-"""lmms-eval model plugin: OmniZip-patched Qwen-Omni models as an lmms-eval ``--model``.
+"""lmms-eval plugin: OmniZip-patched Qwen-Omni models as an lmms-eval ``--model``, and the
+audio-video benchmarks lmms-eval lacks as tasks.
 
-Optional: lmms-eval is not a dependency of omnizip. This module imports without it; the model
-class is built (and lmms-eval imported) only when it is first asked for.
+Optional: lmms-eval is not a dependency of omnizip (``pip install "omnizip[lmms]"`` brings it).
+This module imports without it; the model class is imported (and lmms-eval with it) only when
+lmms-eval asks for it. Nothing here edits lmms-eval.
 
-Two ways to select it, neither edits lmms-eval's source:
+**The model** (``omnizip_qwen_omni``). lmms-eval 0.7 finds models through the Python entry
+point group ``lmms_eval.models``; omnizip's ``pyproject.toml`` declares
+``omnizip_qwen_omni = "omnizip.eval.lmms_eval_plugin:model_manifest"``, so an installed omnizip
+is found with no environment variable::
 
-1. **Plugin package** (lmms-eval's ``LMMS_EVAL_PLUGINS`` hook: lmms-eval imports
-   ``<plugin>.models``, reads its ``AVAILABLE_MODELS`` (name -> class name, the class living in
-   ``<plugin>.models.<name>``) and, in its CLI, adds ``<plugin>.tasks`` to the task search
-   path)::
+    python -m lmms_eval --model omnizip_qwen_omni \\
+        --model_args pretrained=Qwen/Qwen2.5-Omni-7B,method=omnizip,retention=0.45 \\
+        --tasks worldsense --batch_size 1
 
-       LMMS_EVAL_PLUGINS=omnizip.eval.lmms python -m lmms_eval \\
-           --model omnizip_qwen_omni \\
-           --model_args pretrained=Qwen/Qwen2.5-Omni-7B,method=omnizip,retention=0.45 \\
-           --tasks worldsense --batch_size 1
+The older plugin route still works (lmms-eval warns that it is deprecated):
+``LMMS_EVAL_PLUGINS=omnizip.eval.lmms`` makes lmms-eval import ``omnizip.eval.lmms.models``
+and read its ``AVAILABLE_MODELS``. In-process, :func:`register` adds the model to lmms-eval's
+registry (for a source tree that is not installed, so has no entry point).
 
-2. **Programmatic registration** (``lmms_eval.api.registry.register_model``) before running
-   lmms-eval in the same process::
-
-       from omnizip.eval.lmms_eval_plugin import register
-       register()            # adds "omnizip_qwen_omni" to lmms-eval's model registry
-       from lmms_eval.__main__ import cli_evaluate
-       cli_evaluate()
+**The tasks** (``avut``, ``daily_omni``, ``shortvid_bench``): YAML configurations in the
+folder :func:`task_path` returns (``python -m omnizip.eval.lmms.tasks`` prints it), given to
+lmms-eval with ``--include_path``; see :mod:`omnizip.eval.lmms.tasks`.
 
 ``--model_args`` (comma separated ``key=value``; lmms-eval converts numbers and booleans):
-``pretrained`` (checkpoint id/path), ``method`` (a name of :data:`omnizip.methods.METHODS` or
-``none``), ``retention`` / ``token_budget``, ``preset`` (``45``/``35`` for the omnizip
-methods), ``device``, ``dtype``, ``attn_implementation``, ``max_new_tokens`` (default for
-tasks that set none), ``fps``, ``max_frames``, ``max_pixels``, ``min_pixels``,
-``use_audio_in_video``, ``system_prompt`` (``omnizip``: the OmniZip evaluation's, ``qwen``:
-Qwen's default, ``none``), and any other key is an option of the method (e.g. ``g=15``,
-``layer=5``).
+``pretrained`` (checkpoint id/path; ``tiny``: the random-weight tiny model built in code),
+``method`` (a name of :data:`omnizip.methods.METHODS` or ``none``), ``retention`` /
+``token_budget``, ``preset`` (``45``/``35`` for the omnizip methods), ``device``, ``dtype``,
+``attn_implementation``, ``max_new_tokens`` (default for tasks that set none), ``fps``,
+``max_frames``, ``max_pixels``, ``min_pixels``, ``use_audio_in_video`` (False: the video's
+audio track follows the video as its own block instead of being interleaved),
+``system_prompt`` (``omnizip``: the OmniZip evaluation's, ``qwen``: Qwen's default, ``none``);
+any other key is an option of the method (e.g. ``g=15``, ``layer=5``), and a key that is
+neither is refused with the lists of both. lmms-eval's own ``--batch_size`` (1 or ``auto``),
+``--max_batch_size`` and ``--device`` are accepted (``max_batch_size`` is ignored: requests
+are answered one at a time).
 
-Each request is answered with greedy decoding (the task's ``until`` strings cut the answer).
-A request's visuals must be one video file (the audio-video benchmarks); images are not
-supported. Only ``generate_until`` is implemented (multiple-choice tasks of these benchmarks
-are generation tasks); ``loglikelihood`` raises.
+Each request is answered with greedy decoding (the task's ``until`` strings cut the answer)
+and logs one line with what the compression kept (the patch's summary). A request whose video
+is missing or unreadable (lmms-eval's ``worldsense_doc_to_visual`` returns ``[]`` for a
+missing file) is logged and answered with an empty string, which the task scores as wrong:
+one bad item does not abort the run. A request's visuals must be one video file; images are
+not supported. Only ``generate_until`` is implemented (the multiple-choice tasks of these
+benchmarks are generation tasks). lmms-eval's ``clean()`` (called after the requests) removes
+the patch's hooks and releases the model.
 
 The interface implemented is lmms-eval's "simple" model API (``lmms_eval.api.model.lmms``:
 ``generate_until(requests)`` with ``request.args = (context, gen_kwargs, doc_to_visual,
-doc_id, task, split)``), as of lmms-eval 0.3-0.5.
+doc_id, task, split)``), as of lmms-eval 0.7.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAME", "build_model_class", "is_available", "register"]
+__all__ = ["CLASS_PATH", "MODEL_NAME", "build_model_class", "is_available", "model_manifest",
+           "register", "task_path"]
 
 MODEL_NAME = "omnizip_qwen_omni"
 CLASS_NAME = "OmniZipQwenOmni"
-_CLASS: type | None = None
+#: where lmms-eval imports the class from (the legacy plugin layout, kept for both routes)
+CLASS_PATH = f"omnizip.eval.lmms.models.{MODEL_NAME}.{CLASS_NAME}"
 
 
 def is_available() -> bool:
@@ -62,152 +73,41 @@ def is_available() -> bool:
     return True
 
 
-def _method_from_args(method: str, retention: Any, token_budget: Any, preset: Any,
-                      options: dict[str, Any]) -> Any:
-    from ..config import PRESETS
-    from ..methods import METHODS, coerce_option, get_method
-
-    if method in (None, "", "none"):
-        if retention is not None or token_budget is not None or options:
-            raise ValueError("retention/token_budget/method options need a method (method=none)")
-        return None
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known methods: none, {', '.join(METHODS)}")
-    opts = {k: coerce_option(method, k, v) if isinstance(v, str) else v for k, v in options.items()}
-    if retention is not None:
-        opts["retention"] = float(retention)
-    if token_budget is not None:
-        opts["token_budget"] = int(token_budget)
-    if preset is not None:
-        rho_a, rho_v = PRESETS[str(preset)]
-        opts.setdefault("rho_audio", rho_a)
-        opts.setdefault("rho_video", rho_v)
-    return get_method(method, **opts)
-
-
-def _conversation(context: str, visuals: list[Any], system_prompt: str | None) -> list[dict]:
-    videos = [v for v in visuals if isinstance(v, str)]
-    if len(videos) != 1 or len(visuals) != 1:
-        raise ValueError(
-            f"{MODEL_NAME}: each request must hold exactly one video file, got "
-            f"{[type(v).__name__ for v in visuals]}"
-        )
-    messages: list[dict[str, Any]] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "video", "video": videos[0]},
-                                                 {"type": "text", "text": context}]})
-    return messages
-
-
 def build_model_class() -> type:
     """The lmms-eval model class (imports lmms-eval; ImportError with a hint without it)."""
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    try:
-        from lmms_eval.api.model import lmms
-    except ImportError as exc:
+    if not is_available():
         raise ImportError(
-            f"{MODEL_NAME} needs lmms-eval (pip install lmms-eval); it is an optional extra of "
-            "omnizip"
-        ) from exc
-    from ..eval.generation import OmniAnswerer, load_model
-    from ..eval.prompt import QWEN_OMNI_SYSTEM_PROMPT, SYSTEM_PROMPT
+            f"{MODEL_NAME} needs lmms-eval (pip install 'omnizip[lmms]'); it is an optional "
+            "extra of omnizip"
+        )
+    from .lmms.model import OmniZipQwenOmni
 
-    prompts = {"omnizip": SYSTEM_PROMPT, "qwen": QWEN_OMNI_SYSTEM_PROMPT, "none": None}
-
-    class OmniZipQwenOmni(lmms):
-        """A Qwen-Omni checkpoint compressed by an omnizip method (see the module docs)."""
-
-        def __init__(
-            self,
-            pretrained: str = "Qwen/Qwen2.5-Omni-7B",
-            method: str = "omnizip",
-            retention: float | None = None,
-            token_budget: int | None = None,
-            preset: str | None = None,
-            device: str = "auto",
-            dtype: str = "bfloat16",
-            attn_implementation: str | None = None,
-            max_new_tokens: int = 16,
-            fps: float = 2.0,
-            max_frames: int | None = None,
-            max_pixels: int | None = None,
-            min_pixels: int | None = None,
-            use_audio_in_video: bool = True,
-            system_prompt: str = "omnizip",
-            batch_size: int = 1,
-            **method_options: Any,
-        ) -> None:
-            super().__init__()
-            if str(system_prompt) not in prompts:
-                raise ValueError(f"system_prompt must be one of {sorted(prompts)}, got {system_prompt!r}")
-            if str(batch_size).split(":")[0] not in ("1", "auto"):
-                raise ValueError(
-                    f"{MODEL_NAME} answers one request at a time (batch_size=1), got {batch_size!r}"
-                )
-            self.pretrained = pretrained
-            self.batch_size_per_gpu = 1
-            self.method_config = _method_from_args(method, retention, token_budget, preset, method_options)
-            model, processor = load_model(
-                pretrained, device=device, dtype=dtype, attn_implementation=attn_implementation
-            )
-            self._model, self.processor = model, processor
-            self.answerer = OmniAnswerer(
-                model, processor, self.method_config, max_new_tokens=int(max_new_tokens),
-                fps=float(fps), max_frames=max_frames, min_pixels=min_pixels,
-                max_pixels=max_pixels, use_audio_in_video=bool(use_audio_in_video),
-                system_prompt=prompts[str(system_prompt)],
-            )
-            self.system_prompt = prompts[str(system_prompt)]
-            self.last_stats: list[dict] = []
-
-        @property
-        def model(self) -> Any:
-            return self._model
-
-        @property
-        def batch_size(self) -> int:
-            return self.batch_size_per_gpu
-
-        def generate_until(self, requests: list[Any]) -> list[str]:
-            answers = []
-            for request in requests:
-                context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-                gen_kwargs = dict(gen_kwargs or {})
-                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
-                visuals = [v for v in (visuals or []) if v is not None]
-                conversation = _conversation(context, visuals, self.system_prompt)
-                text, stats = self.answerer.generate(
-                    conversation, max_new_tokens=gen_kwargs.get("max_new_tokens")
-                )
-                until = gen_kwargs.get("until") or []
-                for stop in [until] if isinstance(until, str) else until:
-                    if stop:
-                        text = text.split(stop)[0]
-                self.last_stats.append({"doc_id": doc_id, "task": task, **stats})
-                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-                answers.append(text)
-            return answers
-
-        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
-            raise NotImplementedError(f"{MODEL_NAME} implements generate_until only")
-
-        def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
-            raise NotImplementedError(f"{MODEL_NAME} implements generate_until only")
-
-    OmniZipQwenOmni.__name__ = OmniZipQwenOmni.__qualname__ = CLASS_NAME
-    _CLASS = OmniZipQwenOmni
-    return _CLASS
+    return OmniZipQwenOmni
 
 
-def register(name: str = MODEL_NAME) -> type:
-    """Register the class in lmms-eval's model registry under ``name``; returns the class."""
+def model_manifest() -> Any:
+    """The ``lmms_eval.models.registry_v2.ModelManifest`` of ``omnizip_qwen_omni``: the payload
+    of omnizip's ``lmms_eval.models`` entry point (lmms-eval calls it while building its
+    model registry)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_NAME, simple_class_path=CLASS_PATH)
+
+
+def register() -> type:
+    """Add ``omnizip_qwen_omni`` to the model registry of lmms-eval >= 0.7 in this process and
+    return the class: for running lmms-eval in-process from a source tree that is not installed
+    (an installed omnizip needs no call: lmms-eval reads its entry point)."""
     cls = build_model_class()
-    from lmms_eval.api.registry import register_model
+    from lmms_eval.models import MODEL_REGISTRY_V2
 
-    return register_model(name)(cls)
+    MODEL_REGISTRY_V2.register_manifest(model_manifest(), overwrite=True)
+    return cls
+
+
+def task_path() -> str:
+    """The folder of omnizip's lmms-eval task configurations, for ``--include_path``."""
+    return str(Path(__file__).resolve().parent / "lmms" / "tasks")
 
 
 def __getattr__(attr: str) -> Any:  # lazy: `from omnizip.eval.lmms_eval_plugin import OmniZipQwenOmni`

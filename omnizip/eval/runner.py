@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..flops import model_dims, run_macs
+from ..flops import decoder_dims, run_macs
 from .datasets import Item
 from .extract import extract_choice
 
@@ -242,7 +242,7 @@ def run_eval(
         options: the options that name the run (e.g. ``{"retention": 0.45}``).
         generation: decoding/input settings recorded in config.json (part of the fingerprint).
         extra_config: other facts for config.json (data path, ...), not compared on resume.
-        dims: model dimensions for the FLOPs ratio (:func:`omnizip.flops.model_dims` input).
+        dims: the decoder for the FLOPs ratio (what :func:`omnizip.flops.decoder_dims` accepts).
         prune_layer: K for in-decoder methods (FastV), for the FLOPs count.
         limit: only the first ``limit`` items.
         overwrite: start over (deletes the folder's previous predictions and metrics).
@@ -253,7 +253,7 @@ def run_eval(
     items = list(items)
     if limit is not None:
         items = items[:limit]
-    dims = model_dims(dims) if dims is not None else None
+    dims = decoder_dims(dims) if dims is not None else None
     run_dir = Path(output) / run_name(benchmark, model, method, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"

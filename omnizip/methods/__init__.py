@@ -25,10 +25,14 @@ What an adapter does with a method (``omnizip.patch`` wiring):
 
 - ``method.in_decoder_layer is None``: call ``method.compress(...)`` per prompt row before
   the first decoder layer, exactly as for OmniZip, passing ``audio_scores`` when
-  ``method.needs_audio_scores`` (SPEC 3, ``method.audio_score`` says which variant) and
-  ``video_scores`` when ``method.needs_video_scores``
-  (:func:`omnizip.methods.visionzip.vision_token_scores`).
-- ``method.in_decoder_layer == K`` (FastV): see :mod:`omnizip.methods.fastv`.
+  ``method.needs_audio_scores`` (SPEC 3, ``method.audio_score`` says which variant) and the
+  ``video_scores`` the method's own hooks supply (VisionZip:
+  :mod:`omnizip.methods.visionzip_hooks`).
+- ``method.in_decoder_layer == K`` (FastV): the method's own hooks prune inside the decoder
+  (:mod:`omnizip.methods.fastv`, :mod:`omnizip.methods.fastv_hooks`).
+
+A method that needs hooks of its own returns them from ``model_hooks(ctx)`` (the extension
+point, :mod:`omnizip.method`); nothing in the model adapters names a method.
 
 Budgets: the baselines take ``retention`` (fraction of audio + video tokens kept) or
 ``token_budget`` (absolute) and keep exactly that many. The OmniZip entries take them too

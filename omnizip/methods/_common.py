@@ -209,27 +209,6 @@ def decision(
     )
 
 
-@dataclass(frozen=True)
-class Segments:
-    """Consecutive runs of token indices (into one modality's tokens), padded to one width.
-
-    ``index`` int64 ``[S, W]`` (padding: 0), ``valid`` bool ``[S, W]``, ``lengths`` int64
-    ``[S]``. Host tensors.
-    """
-
-    index: torch.Tensor
-    valid: torch.Tensor
-    lengths: torch.Tensor
-
-    @classmethod
-    def from_runs(cls, starts: torch.Tensor, lengths: torch.Tensor) -> Segments:
-        width = int(lengths.max()) if lengths.numel() else 0
-        offsets = torch.arange(width, dtype=torch.int64)
-        valid = offsets[None, :] < lengths[:, None]
-        index = torch.where(valid, starts[:, None] + offsets[None, :], 0)
-        return cls(index=index, valid=valid, lengths=lengths.to(torch.int64))
-
-
 def video_frame_runs(layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every frame of every video chunk as a run of video-token indices, in order.
 

@@ -43,6 +43,7 @@ import torch
 
 from ..core import TokenDecision
 from ..core.layout import FrameTable
+from ..method import DEFAULT_BLOCK_ELEMENTS
 from ._common import (
     NORM_EPS,
     BudgetedMethod,
@@ -94,7 +95,7 @@ def ttm_keep(
     tables: list[FrameTable] | tuple[FrameTable, ...],
     n_keep: int,
     window: int,
-    block_elements: int = 1 << 24,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """TTM over one modality: which of its ``N`` tokens stay (exactly ``min(n_keep, N)``).
 
@@ -212,7 +213,7 @@ class DyCokeConfig(BudgetedMethod):
         retention, token_budget: the budget (audio + video tokens kept).
         window: frames per TTM group (DyCoke: 4).
         audio_frame_tokens: audio tokens per audio "frame"; None (default): one second of the
-            model's audio, as its adapter sets it (Qwen3-Omni: 13), else 25 (one second of
+            model's audio, as its family's layout sets it (Qwen3-Omni: 13), else 25 (one second of
             Qwen2.5-Omni audio, one video grid step at 2 fps).
         audio: apply TTM to audio too ("V&A", the OmniZip paper's setting; the budget is
             split in proportion). False: video-only DyCoke; audio is kept whole and counts
@@ -226,7 +227,7 @@ class DyCokeConfig(BudgetedMethod):
     window: int = 4
     audio_frame_tokens: int | None = None
     audio: bool = True
-    block_elements: int = 1 << 24
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -21,9 +21,10 @@ Counting layers (FastV's ``K``): layers ``0 .. K-1`` (0-based) run on every toke
 ranking comes from the attention of layer ``K-1``, the last full layer (FastV's "attention
 of layer K" in 1-based counting); layers ``K ..`` run on the kept tokens only.
 
-Adapter contract (what ``omnizip.patch`` must do for ``in_decoder_layer = K``; model paths
-for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``; implemented for both
-Qwen2.5-Omni and Qwen3-Omni in :mod:`omnizip.models.qwen2_5_omni`, option (a) of step 4):
+Model-side contract (what must happen on a model for ``in_decoder_layer = K``; model paths
+for Qwen2.5-Omni's thinker, ``decoder = thinker.model.language_model``). FastV's own hooks
+implement it, option (a) of step 4, on every family an adapter locates the decoder of
+(:mod:`omnizip.methods.fastv_hooks`, returned by :meth:`FastVConfig.model_hooks`):
 
 1. **Scores at layer K-1.** Register a forward pre-hook (``with_kwargs=True``) on
    ``decoder.layers[K-1].self_attn`` for the prefill call (the one whose ``hidden_states``
@@ -80,7 +81,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..core import TokenDecision
+from ..models.context import ModelContext
 from ._common import BudgetedMethod, check_int, keep_highest
+from .fastv_hooks import FastVHooks
 
 __all__ = ["FASTV_MODALITIES", "FastVConfig", "fastv_attention", "fastv_select"]
 
@@ -201,17 +204,13 @@ class FastVConfig(BudgetedMethod):
         object.__setattr__(self, "modalities", tuple(dict.fromkeys(mods)))
 
     @property
-    def in_decoder_layer(self) -> int:  # type: ignore[override]
-        """K: the adapter prunes before decoder layer K (0-based), see the module docs."""
+    def in_decoder_layer(self) -> int:
+        """K: the hooks prune before decoder layer K (0-based), see the module docs."""
         return self.layer
 
-    def compress(self, embeds, input_ids, *, audio_token_id, video_token_id, tokens_per_frame,
-                 audio_scores=None, video_scores=None) -> TokenDecision:
-        """FastV cannot act before the decoder: adapters call :meth:`decide` at layer K."""
-        raise TypeError(
-            f"fastv prunes inside the decoder (after layer {self.layer}); a model adapter must "
-            "call FastVConfig.decide(...) from that layer (in_decoder_layer), not compress()"
-        )
+    def model_hooks(self, ctx: ModelContext) -> FastVHooks:
+        """FastV's hooks on the decoder the adapter located (:mod:`omnizip.methods.fastv_hooks`)."""
+        return FastVHooks(ctx, self)
 
     def candidate_counts(self, input_ids: torch.Tensor, ids: dict[str, int | None]) -> tuple[torch.Tensor, int, int]:
         """(candidate mask, multimodal token count, candidates to keep) for one row."""

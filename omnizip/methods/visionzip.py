@@ -26,7 +26,8 @@ Here:
 - **Video scores** (``needs_video_scores``): per video token, the attention it receives in the
   vision encoder's last layer (summed over heads and queries inside the layer's attention
   span), averaged over the ``spatial_merge_size**2`` patches merged into the LLM token. The
-  adapter computes them with :func:`vision_token_scores` (see its docstring for the exact
+  method's own hooks (:mod:`omnizip.methods.visionzip_hooks`, :meth:`VisionZipConfig.model_hooks`)
+  compute them with :func:`vision_token_scores` (see its docstring for the exact
   tensors). ``video_score="energy"`` uses the L2 norm of each video embedding instead (no
   encoder hook; not VisionZip).
 - **Audio**: OmniZip's audio side (SPEC 4 steps 1-4: salient tokens by ``audio_scores``,
@@ -46,10 +47,12 @@ from typing import ClassVar
 import torch
 
 from ..config import AUDIO_SCORE_MODES, MERGE_SCOPES, OmniZipConfig
-from ..core import TokenDecision, audio_attention_scores
+from ..core import TokenDecision
+from ..core.similarity import padded_segments
+from ..method import DEFAULT_BLOCK_ELEMENTS
+from ..models.context import ModelContext
 from ._common import (
     BudgetedMethod,
-    Segments,
     check_choice,
     check_int,
     check_scores,
@@ -62,77 +65,23 @@ from ._common import (
     split_counts,
     video_frame_runs,
 )
+from .visionzip_hooks import VisionZipHooks, vision_token_scores
 
 __all__ = ["VIDEO_SCORE_MODES", "VisionZipConfig", "vision_token_scores", "visionzip_frames"]
 
 VIDEO_SCORE_MODES = ("attention", "energy")
 
 
-def vision_token_scores(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    *,
-    merge_unit: int = 4,
-    window_index: torch.Tensor | None = None,
-    scale: float | None = None,
-    block_elements: int = 1 << 24,
-) -> torch.Tensor:
-    """Per LLM visual token, the attention its patches receive in one vision-encoder layer.
-
-    For Qwen2.5-Omni / Qwen2.5-VL's vision encoder (``thinker.visual``), hook the last block's
-    attention ``visual.blocks[-1].attn`` (a full-attention block: its ``cu_seqlens`` span one
-    temporal grid step of one image/video each) with a forward pre-hook, and from its
-    ``hidden_states`` (after the block's ``norm1``) recompute
-    ``q = attn.q(h).view(T, H, -1)``, ``k = attn.k(h).view(T, H, -1)`` and apply the block's
-    rotary embedding (``apply_rotary_pos_emb_vision(q, k, cos, sin)`` with the
-    ``position_embeddings`` passed to the attention). Pass those and the ``cu_seqlens`` given to
-    that call here.
-
-    Args:
-        query, key: ``[T, H, Dh]`` post-rotary query/key of the layer (patch order of the
-            encoder, i.e. Qwen2.5-VL's window order).
-        cu_seqlens: ``[n + 1]`` the layer's attention spans.
-        merge_unit: patches merged into one LLM token (``spatial_merge_size ** 2`` = 4); they
-            are consecutive in the encoder's order.
-        window_index: the encoder's ``window_index`` (merged-token permutation into window
-            order, from ``get_vision_window_index``); when given, the result is put back into
-            the LLM's token order (``argsort(window_index)``, the encoder's ``reverse_indices``).
-        scale: softmax scale (default ``Dh ** -0.5``, the encoder's).
-    Returns:
-        float32 ``[T // merge_unit]``: per merged token, the mean over its patches of the
-        attention received (summed over heads and queries of its span). The videos' tokens
-        follow each other in ``grid_thw`` order; the adapter concatenates the video ones in the
-        order the sequence holds them to get ``video_scores [N_v]``.
-    """
-    patch = audio_attention_scores(
-        query, key, scope="windowed", cu_seqlens=cu_seqlens, scale=scale,
-        block_elements=block_elements,
-    )
-    if patch.numel() % merge_unit:
-        raise ValueError(
-            f"query holds {patch.numel()} patches, not a multiple of merge_unit={merge_unit}"
-        )
-    merged = patch.view(-1, merge_unit).mean(dim=1)
-    if window_index is not None:
-        order = torch.argsort(window_index.to(merged.device))
-        if order.numel() != merged.numel():
-            raise ValueError(
-                f"window_index has {order.numel()} entries for {merged.numel()} merged tokens"
-            )
-        merged = merged[order]
-    return merged
-
-
 def visionzip_frames(
     embeds: torch.Tensor,
     positions: torch.Tensor,
     scores: torch.Tensor,
-    segments: Segments,
+    starts: torch.Tensor,
+    lengths: torch.Tensor,
     counts: torch.Tensor,
     dominant_fraction: float,
     out_embeds: torch.Tensor,
-    block_elements: int = 1 << 24,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """VisionZip inside every frame: dominant tokens plus merged contextual tokens.
 
@@ -140,7 +89,7 @@ def visionzip_frames(
         embeds: ``[L, D]`` sequence embeddings (read only).
         positions: int64 ``[N]`` sequence positions of the video tokens (device).
         scores: float ``[N]`` per-token importance (device).
-        segments: the frames as runs of indices 0..N-1 (host).
+        starts, lengths: int64 ``[S]`` the frames as runs of indices 0..N-1 (host).
         counts: int64 ``[S]`` tokens to keep in each frame (host, <= its length).
         dominant_fraction: share of each frame's kept tokens that are dominant.
         out_embeds: ``[L, D]`` written in place with the contextual tokens' new embeddings.
@@ -150,18 +99,20 @@ def visionzip_frames(
     device = embeds.device
     n = positions.numel()
     keep = torch.zeros(n + 1, dtype=torch.bool, device=device)  # +1: padding sink
-    n_seg, width = segments.index.shape
+    n_seg = int(lengths.numel())
+    width = int(lengths.max()) if n_seg else 0
+    seg_index, seg_valid = padded_segments(starts, lengths, width)
     if n_seg == 0:
         return keep[:n]
     dim = embeds.shape[1]
     counts = counts.to(torch.int64)
     n_dom = torch.round(counts.double() * dominant_fraction).to(torch.int64).clamp(max=counts)
     n_ctx = counts - n_dom
-    rest = segments.lengths - n_dom
+    rest = lengths - n_dom
     step = torch.where(n_ctx > 0, (rest // n_ctx.clamp(min=1)).clamp(min=1), 1)
     for start, stop in frame_blocks(n_seg, width * (2 * dim + 2 * width), block_elements):
-        index = segments.index[start:stop].to(device)
-        valid = segments.valid[start:stop].to(device)
+        index = seg_index[start:stop].to(device)
+        valid = seg_valid[start:stop].to(device)
         b = index.shape[0]
         s = scores[index].float().masked_fill(~valid, float("-inf"))
         dominant = keep_highest(s, n_dom[start:stop].to(device)) & valid
@@ -202,7 +153,7 @@ class VisionZipConfig(BudgetedMethod):
         dominant_fraction: share of each frame's kept tokens chosen as dominant (VisionZip:
             54 of 64); the rest are contextual.
         video_score: ``"attention"`` (VisionZip: vision-encoder attention, supplied by the
-            adapter as ``video_scores``) or ``"energy"`` (L2 norm of the embeddings).
+            method's hooks as ``video_scores``) or ``"energy"`` (L2 norm of the embeddings).
         contextual_ratio, g, merge_scope, audio_score: OmniZip's audio side (see
             :class:`~omnizip.OmniZipConfig`); ``audio_score`` tells the adapter how to score
             audio tokens.
@@ -217,7 +168,7 @@ class VisionZipConfig(BudgetedMethod):
     g: int = 3
     merge_scope: str = "global"
     audio_score: str = "global"
-    block_elements: int = 1 << 24
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,14 +187,19 @@ class VisionZipConfig(BudgetedMethod):
         check_choice("audio_score", self.audio_score, AUDIO_SCORE_MODES)
 
     @property
-    def needs_video_scores(self) -> bool:  # type: ignore[override]
+    def needs_video_scores(self) -> bool:
         """True unless ``video_score="energy"``."""
         return self.video_score == "attention"
 
     @property
-    def needs_audio_scores(self) -> bool:  # type: ignore[override]
+    def needs_audio_scores(self) -> bool:
         """OmniZip's audio side needs encoder scores unless ``audio_score="energy"``."""
         return self.audio_score != "energy"
+
+    def model_hooks(self, ctx: ModelContext) -> VisionZipHooks | None:
+        """The vision-encoder scoring hooks (:mod:`omnizip.methods.visionzip_hooks`), unless
+        ``video_score="energy"`` (then the adapter's hooks suffice)."""
+        return VisionZipHooks(ctx, self) if self.needs_video_scores else None
 
     def audio_config(self, n_audio: int, k_audio: int) -> OmniZipConfig:
         """The OmniZip configuration whose audio side keeps exactly ``k_audio`` tokens."""
@@ -290,16 +246,15 @@ class VisionZipConfig(BudgetedMethod):
                 if video_scores is None:
                     raise ValueError(
                         f"video_scores: visionzip needs one vision-encoder attention score per "
-                        f"video token ({n_v} here); the model adapter computes them "
+                        f"video token ({n_v} here); its model hooks compute them "
                         "(omnizip.methods.visionzip.vision_token_scores), or use "
                         "video_score='energy'"
                     )
                 scores = check_scores("video_scores", video_scores, n_v, "video token").to(device)
             starts, lengths, _ = video_frame_runs(layout)
-            segments = Segments.from_runs(starts, lengths)
             counts = distribute(k_v, lengths)
             keep_v = visionzip_frames(
-                embeds, layout.video_positions.to(device), scores, segments, counts,
+                embeds, layout.video_positions.to(device), scores, starts, lengths, counts,
                 self.dominant_fraction, out, self.block_elements,
             )
         return decision(keep_a, keep_v, out, layout)

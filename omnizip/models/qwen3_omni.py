@@ -2,7 +2,8 @@
 
 The thinker has the Qwen2.5-Omni shape (``thinker.model.{audio_tower, visual, language_model}``,
 M-RoPE positions built before the decoder, the same placeholders and chat layout), so this
-adapter is :class:`~omnizip.models.qwen2_5_omni.Qwen2_5OmniAdapter` with four overrides:
+adapter is :class:`~omnizip.models.qwen2_5_omni.Qwen2_5OmniAdapter` with its own data and
+three overrides:
 
 ``audio_pool = 1``
     The audio encoder downsamples with three stride-2 convolutions *before* its layers and has
@@ -18,8 +19,12 @@ adapter is :class:`~omnizip.models.qwen2_5_omni.Qwen2_5OmniAdapter` with four ov
     layers at ``visual_pos_masks`` (image *and* video tokens, row-major). Both are pruned with
     the sequence's keep mask: the mask is gathered to the re-padded layout, each feature tensor
     keeps the rows of the kept visual tokens (order preserved), so image features stay whole.
-:meth:`~Qwen3OmniAdapter._method`
-    The layout decision below (``frame_parity="stream"``).
+:meth:`~Qwen3OmniAdapter._hold_back_features`
+    FastV with K below the DeepStack layers: the features of layers >= K are added by FastV's
+    hooks at the kept tokens.
+:attr:`~Qwen3OmniAdapter.layout`
+    The layout decision below (``frame_parity="stream"``), as data the methods apply
+    (:meth:`omnizip.method.CompressionMethod.for_model`).
 
 Position ids and ``rope_deltas`` are floating point here (the temporal ids of video frames are
 ``t * second_per_grid * 13``); the shared batch code keeps their dtype.
@@ -53,7 +58,7 @@ trailing audio (audio longer) extends the last ``A_i``.
   Separate videos (text between them) start their own count, as do video runs of another
   resolution.
 
-The adapter applies ``frame_parity="stream"`` when the method leaves ``frame_parity`` unset
+The method takes ``frame_parity="stream"`` when it leaves ``frame_parity`` unset
 (None, the default); ``OmniZipConfig(frame_parity="chunk")`` asks for the reference rule on this
 model. Likewise DyCoke's audio "frame" (``audio_frame_tokens``, one second of audio) becomes 13
 tokens, one second of Qwen3-Omni audio, unless set explicitly.
@@ -61,15 +66,19 @@ tokens, one second of Qwen3-Omni audio, unless set explicitly.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ._common import gather_tokens, select_flat
+from ..method import FamilyLayout
+from .batch import gather_tokens, select_flat
+from .context import LayerFeatures
 from .qwen2_5_omni import Qwen2_5OmniAdapter
 
 __all__ = ["Qwen3OmniAdapter"]
+
+#: LLM audio tokens per second of audio (100 mel frames -> 13 after the conv stem)
+AUDIO_TOKENS_PER_SECOND = 13
 
 
 def _conv_stem(frames: torch.Tensor) -> torch.Tensor:
@@ -89,19 +98,22 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
     """
 
     name = "qwen3_omni"
-    family = "Qwen3-Omni"
+    #: stream frame parity and one-second (13-token) DyCoke audio frames where unset
+    layout: ClassVar[FamilyLayout] = FamilyLayout(
+        "Qwen3-Omni",
+        {"frame_parity": "stream", "audio_frame_tokens": AUDIO_TOKENS_PER_SECOND},
+    )
     model_classes = (
         "Qwen3OmniMoeForConditionalGeneration",
         "Qwen3OmniMoeThinkerForConditionalGeneration",
     )
     #: no pooling after the encoder layers: one LLM token per last-layer frame (SPEC 3)
     audio_pool = 1
-    #: LLM audio tokens per second of audio (100 mel frames -> 13 after the conv stem)
-    audio_tokens_per_second = 13
+    audio_tokens_per_second = AUDIO_TOKENS_PER_SECOND
+    frame_parity = "stream"
 
     def __init__(self, model: torch.nn.Module, handle: Any) -> None:
         super().__init__(model, handle)
-        self.frame_parity = "stream"
         self.n_window = int(getattr(self.audio_tower, "n_window", 50))
 
     def _stream_frames(self, feature_lens: torch.Tensor) -> torch.Tensor:
@@ -112,35 +124,23 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         per_full = _conv_stem(torch.tensor(chunk, dtype=torch.int64))
         return full * per_full + _conv_stem(feature_lens % chunk)
 
-    def _method(self) -> Any:
-        """The method with this layout's defaults where the user left them unset (None):
-        stream frame parity, and 13-token (one-second) DyCoke audio frames."""
-        method = self.handle.config
-        changes: dict[str, Any] = {}
-        if getattr(method, "frame_parity", "") is None:
-            changes["frame_parity"] = self.frame_parity
-        if getattr(method, "audio_frame_tokens", 0) is None:
-            changes["audio_frame_tokens"] = self.audio_tokens_per_second
-        return dataclasses.replace(method, **changes) if changes else method
-
-    def _deepstack_layers(self) -> int:
+    def _side_feature_layers(self) -> int:
         """Decoder layers after which DeepStack vision features are added (one per
         ``deepstack_visual_indexes`` entry: after layers 0, 1, 2 in the real checkpoint)."""
         vision = getattr(self.thinker.config, "vision_config", None)
         return len(getattr(vision, "deepstack_visual_indexes", None) or ())
 
-    def _fastv_side_inputs(self, kwargs: dict, state: Any) -> dict:
-        """FastV with K below the DeepStack layers: the decoder would add layer i's features
-        (i >= K) with the unpruned ``visual_pos_masks``; hand it only the first K and add the
-        others, pruned, after their layer (:meth:`_after_fastv_layer`)."""
+    def _hold_back_features(self, kwargs: dict, first_layer: int) -> tuple[dict, LayerFeatures | None]:
+        """Pruning inside the decoder after layer K below the DeepStack layers: the decoder
+        would add layer i's features (i >= K) with the unpruned ``visual_pos_masks``; hand it
+        only the first K, and the others to the pruning hooks."""
         features = kwargs.get("deepstack_visual_embeds")
         mask = kwargs.get("visual_pos_masks")
-        k = self._prune_layer
+        k = first_layer
         if features is None or not isinstance(mask, torch.Tensor) or len(features) <= k:
-            return {}
-        state.deepstack_full_mask = mask.to(torch.bool)
-        state.deepstack_tail = {i: features[i] for i in range(k, len(features))}
-        return {"deepstack_visual_embeds": list(features[:k])}
+            return {}, None
+        held = LayerFeatures(mask.to(torch.bool), {i: features[i] for i in range(k, len(features))})
+        return {"deepstack_visual_embeds": list(features[:k])}, held
 
     def _extra_decoder_inputs(self, kwargs: dict, batch: Any) -> dict:
         """``visual_pos_masks`` and every DeepStack feature tensor, pruned like the sequence."""

@@ -1,49 +1,45 @@
 """``omnizip eval``: one command per (benchmark, model, method, budget) comparison.
 
-Mounting (``omnizip/cli.py``)::
-
-    from .cli_eval import add_eval_parser, run_eval_command
-    sub = parser.add_subparsers(dest="command")
-    add_eval_parser(sub)                      # sets func=run_eval_command on its namespace
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-Standalone: ``python -m omnizip.cli_eval eval --benchmark worldsense --data ... --model ...``.
-
 Example::
 
     omnizip eval --benchmark worldsense --data WorldSense/worldsense_qa.json \\
         --model Qwen/Qwen2.5-Omni-7B --method dycoke --retention 0.45
 
 Bad input (unknown benchmark or method, an option the method lacks, a malformed annotation
-file) prints one ``omnizip eval: error: ...`` line and exits with status 2; a failure while
-loading the model exits with 1.
+file, a model that cannot be loaded) prints one ``omnizip eval: error: ...`` line and exits
+with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
 
-__all__ = ["add_eval_parser", "build_method", "main", "run_eval_command"]
+from .errors import CLIError
+from .options import add_video_only_option, positive_float
+from .session import load
+
+__all__ = ["add_parser", "build_method", "run_eval_command"]
 
 NO_METHOD = "none"
 
 
 def _method_names() -> list[str]:
-    from .methods import METHODS
+    from ..methods import METHODS
 
     return [NO_METHOD, *METHODS]
 
 
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to an ``argparse`` subparsers object; returns its parser."""
-    from .eval.datasets import BENCHMARKS
+    from ..eval.datasets import BENCHMARKS
+    from ..loading import BUILTIN_MODELS
 
-    p = subparsers.add_parser(
-        "eval",
+    p = sub.add_parser(
+        "eval", parents=[common],
         help="evaluate a (compressed) omni model on an audio-video benchmark",
         description="Evaluate a Qwen-Omni model, compressed by a token-compression method, on "
         "a local copy of WorldSense, Video-MME, AVUT or ShortVid-Bench (multiple choice, greedy "
@@ -55,8 +51,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="PATH", help="the benchmark's annotation file")
     p.add_argument("--video-dir", metavar="DIR", help="folder of the videos (default: next to --data)")
     p.add_argument("--model", required=True, metavar="ID_OR_PATH",
-                   help="Hugging Face id or local path of a Qwen2.5-Omni / Qwen3-Omni checkpoint "
-                   "('tiny': random-weight tiny model, for smoke tests)")
+                   help="Hugging Face id or local path of a Qwen2.5-Omni / Qwen3-Omni checkpoint, "
+                   f"or a built-in random-weight model for smoke tests: {', '.join(BUILTIN_MODELS)}")
     p.add_argument("--method", default="omnizip", metavar="M",
                    help=f"compression method: {', '.join(_method_names())} (default omnizip)")
     budget = p.add_mutually_exclusive_group()
@@ -72,24 +68,21 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run of this configuration")
     p.add_argument("--max-new-tokens", type=int, default=16, metavar="N")
-    p.add_argument("--fps", type=float, default=2.0, help="video frames sampled per second (default 2)")
+    p.add_argument("--fps", type=positive_float, default=2.0,
+                   help="video frames sampled per second (default 2)")
     p.add_argument("--max-frames", type=int, metavar="N", help="cap on sampled frames per video")
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help="max pixels per frame (the paper: 100352 = 128*28*28)")
     p.add_argument("--min-pixels", type=int, metavar="N", help="min pixels per frame")
-    p.add_argument("--no-audio", action="store_true", help="ignore the videos' audio tracks")
-    p.add_argument("--device", default="auto", help="device map (default: cuda:0 when available)")
-    p.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
+    add_video_only_option(p)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (checkpoints: their own; built-in: float32 on CPU, bfloat16 on "
+                   "CUDA), float32, bfloat16, float16")
     p.add_argument("--attn-implementation", metavar="NAME",
-                   help="sdpa, flash_attention_2 or eager (default: the model's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="sdpa, eager or flash_attention_2 (default: the model's)")
     p.set_defaults(func=run_eval_command)
     return p
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"omnizip eval: error: {message}", file=sys.stderr)
-    return code
 
 
 def build_method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -97,8 +90,8 @@ def build_method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     Raises ValueError/TypeError with a one-line message for bad input.
     """
-    from .config import PRESETS
-    from .methods import coerce_option, get_method
+    from ..config import PRESETS
+    from ..methods import coerce_option, get_method
 
     name = args.method
     if name not in _method_names():
@@ -131,12 +124,9 @@ def build_method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return get_method(name, **options), naming
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
-    """Run ``omnizip eval`` from parsed arguments; returns the exit status."""
-    import dataclasses
-
-    from .eval.datasets import benchmark_key, load_benchmark
-    from .eval.runner import run_eval
+def _items(args: argparse.Namespace) -> tuple[str, list[Any], Any, dict[str, Any]]:
+    """(benchmark key, questions, method, naming options), checked before the model loads."""
+    from ..eval.datasets import benchmark_key, load_benchmark
 
     try:
         benchmark = benchmark_key(args.benchmark)
@@ -147,35 +137,35 @@ def run_eval_command(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
     except (ValueError, TypeError) as exc:
-        return _fail(str(exc))
+        raise CLIError(str(exc)) from exc
+    return benchmark, items, method, naming
 
-    from .eval.generation import OmniAnswerer, load_model
 
-    try:
-        model, processor = load_model(
-            args.model, device=args.device, dtype=args.dtype,
-            attn_implementation=args.attn_implementation,
-        )
-    except Exception as exc:  # a download/config/weights problem: one line, status 1
-        return _fail(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}", 1)
+def run_eval_command(args: argparse.Namespace) -> int:
+    """Run ``omnizip eval`` from parsed arguments; returns the exit status."""
+    from ..eval.generation import OmniAnswerer
+    from ..eval.runner import run_eval
+    from ..flops import decoder_dims
+
+    benchmark, items, method, naming = _items(args)
+    model, processor = load(args)
+    uav = not args.video_only
     generation = {
         "max_new_tokens": args.max_new_tokens, "fps": args.fps, "max_frames": args.max_frames,
         "max_pixels": args.max_pixels, "min_pixels": args.min_pixels,
-        "use_audio_in_video": not args.no_audio, "decoding": "greedy",
+        "use_audio_in_video": uav, "decoding": "greedy",
     }
     try:
         answerer = OmniAnswerer(
             model, processor, method, max_new_tokens=args.max_new_tokens, fps=args.fps,
             max_frames=args.max_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-            use_audio_in_video=not args.no_audio,
+            use_audio_in_video=uav,
         )
     except (ValueError, TypeError) as exc:
-        return _fail(str(exc))
+        raise CLIError(str(exc)) from exc
     prune_layer = getattr(method, "in_decoder_layer", None) if method is not None else None
-    from .flops import model_dims
-
     try:
-        dims = model_dims(model)
+        dims = decoder_dims(model)
     except ValueError as exc:  # an unknown config layout: run without FLOPs ratios
         print(f"omnizip eval: warning: no FLOPs ratio ({exc})", file=sys.stderr)
         dims = None
@@ -190,7 +180,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, progress=not args.no_progress,
         )
     except ValueError as exc:
-        return _fail(str(exc))
+        raise CLIError(str(exc)) from exc
     except KeyboardInterrupt:
         print("omnizip eval: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -212,16 +202,3 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _fmt(value: Any, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.3f}{unit}" if isinstance(value, float) else json.dumps(value)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m omnizip.cli_eval eval ...``."""
-    parser = argparse.ArgumentParser(prog="omnizip")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_eval_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""SPEC 3 audio scoring on the Qwen-Omni audio encoders (a mixin of the family adapters).
+
+The audio encoder's last attention layer is hooked (its input after the pre-attention
+LayerNorm); q/k are recomputed and every frame is scored by the attention it receives
+(:func:`omnizip.audio_attention_scores`), per audio stream, pooled to LLM tokens
+(:func:`omnizip.pool_audio_scores`). The adapter hands the scores of a prefill to the method
+(``needs_audio_scores``), or embedding-norm scores for ``audio_score="energy"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from ..core import audio_attention_scores, audio_energy_scores, pool_audio_scores
+from ..method import CompressionMethod
+from .prefill import PrefillCall
+
+__all__ = ["AudioScoring"]
+
+logger = logging.getLogger("omnizip")
+
+
+class AudioScoring:
+    """Audio-encoder hooks and scores; the adapter sets :attr:`method`, :attr:`audio_pool`
+    and ``_call`` (the prefill in flight) and registers :meth:`_on_audio_tower` and
+    :meth:`_on_audio_last_attention`."""
+
+    method: CompressionMethod
+    #: frames pooled per LLM audio token
+    audio_pool: int = 2
+    _call: PrefillCall | None
+    _warned: set[str]
+
+    def _on_audio_tower(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Frames per audio stream after the stride-2 conv stem (the last layer's ``T_s``)."""
+        call = self._call
+        if call is None or not self._encoder_scores():
+            return None
+        feature_lens = kwargs.get("feature_lens", args[1] if len(args) > 1 else None)
+        if feature_lens is not None:
+            lens = torch.as_tensor(feature_lens).to("cpu", torch.int64).flatten()
+            call.stream_frames = self._stream_frames(lens)
+        return None
+
+    @staticmethod
+    def _stream_frames(feature_lens: torch.Tensor) -> torch.Tensor:
+        """Frames per stream in the encoder layers: mel frames after the stride-2 conv stem
+        (per 2*n_window chunk, which sums to the same count for a whole stream)."""
+        return (feature_lens - 1) // 2 + 1
+
+    def _on_audio_last_attention(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """SPEC 3: q/k of the last audio layer from its (LayerNorm-ed) input -> token scores."""
+        call = self._call
+        method = self.method
+        if call is None or not self._encoder_scores():
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cu_seqlens = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
+        if hidden is None or hidden.dim() != 2:
+            return None
+        frames = hidden.shape[0]
+        streams = call.stream_frames
+        if streams is None or int(streams.sum()) != frames:
+            self._warn_once(
+                "streams",
+                "omnizip: audio stream lengths unknown; scoring all audio frames as one stream",
+            )
+            streams = torch.tensor([frames])
+        heads = int(module.num_heads)
+        started = time.perf_counter()
+        with torch.no_grad():
+            query = module.q_proj(hidden).reshape(frames, heads, -1)
+            key = module.k_proj(hidden).reshape(frames, heads, -1)
+            frame_scores = audio_attention_scores(
+                query,
+                key,
+                scope=self._score_mode(),
+                stream_lengths=streams,
+                cu_seqlens=cu_seqlens if self._score_mode() == "windowed" else None,
+                scale=float(module.scaling),
+                block_elements=method.block_elements,
+            )
+            call.scores.append(pool_audio_scores(frame_scores, streams, pool=self.audio_pool))
+        call.score_seconds += time.perf_counter() - started
+        return None
+
+    def _audio_scores(
+        self, call: PrefillCall, embeds: torch.Tensor, is_audio: torch.Tensor
+    ) -> torch.Tensor | None:
+        """One score per audio token of the batch, row-major (the order the model scatters
+        the audio features in), from the encoder (SPEC 3) or the ``energy`` variant."""
+        n_audio = int(is_audio.sum())
+        if n_audio == 0:
+            return None
+        if self._score_mode() != "energy" and not self._encoder_scores():
+            return None  # the method ranks audio without scores (e.g. random selection)
+        if self._encoder_scores():
+            scores = torch.cat(call.scores) if call.scores else None
+            if scores is not None and scores.numel() == n_audio:
+                return scores.to(embeds.device)
+            got = 0 if scores is None else scores.numel()
+            self._warn_once(
+                "energy",
+                f"omnizip: audio encoder gave {got} scores for {n_audio} audio tokens (audio "
+                "features not computed in this call?); using the `energy` scores instead",
+            )
+        return audio_energy_scores(embeds[is_audio])
+
+    def _score_mode(self) -> str:
+        """SPEC 3 variant: the method's ``audio_score`` ("global" / "windowed" / "energy")."""
+        return self.method.audio_score
+
+    def _encoder_scores(self) -> bool:
+        """Whether the audio encoder's last layer must be scored for this method."""
+        return self.method.needs_audio_scores and self._score_mode() != "energy"
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)

@@ -1,0 +1,86 @@
+"""The README's Python snippets run as written.
+
+Every ```python block of README.md is executed on its own, in a fresh namespace, from the
+repository root (as a reader pasting it would). A block may opt out of running only with a
+first line ``# readme: no-run (<reason>)`` whose reason names what cannot exist in the test
+environment: a real checkpoint (a download) or a GPU. Opted-out blocks are still compiled, and
+:func:`test_opt_outs_are_justified` lists them with their reasons. The blocks are found anew on
+every run, so sections added later are covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+NO_RUN = re.compile(r"^#\s*readme:\s*no-run\s*\((?P<reason>[^)]*)\)\s*$")
+#: what an opt-out reason must name: only these cannot exist here
+JUSTIFIED = re.compile(r"checkpoint|GPU|CUDA", re.IGNORECASE)
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """``(first line number, source)`` of each fenced ```python block, in order."""
+    blocks, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if re.match(r"^\s*```\s*python\s*$", lines[i]):
+            start, body = i + 2, []
+            i += 1
+            while i < len(lines) and not re.match(r"^\s*```\s*$", lines[i]):
+                body.append(lines[i])
+                i += 1
+            blocks.append((start, "\n".join(body) + "\n"))
+        i += 1
+    return blocks
+
+
+def opt_out_reason(source: str) -> str | None:
+    first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
+    m = NO_RUN.match(first.strip())
+    return m.group("reason").strip() if m else None
+
+
+BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+RUN = [(line, src) for line, src in BLOCKS if opt_out_reason(src) is None]
+NOT_RUN = [(line, src, opt_out_reason(src)) for line, src in BLOCKS if opt_out_reason(src) is not None]
+
+
+def test_the_extractor_finds_blocks_and_markers():
+    text = "intro\n```python\nx = 1\n```\n```bash\nls\n```\n```python\n# readme: no-run (needs a GPU)\ny\n```\n"
+    blocks = python_blocks(text)
+    assert blocks == [(3, "x = 1\n"), (9, "# readme: no-run (needs a GPU)\ny\n")]
+    assert opt_out_reason(blocks[0][1]) is None
+    assert opt_out_reason(blocks[1][1]) == "needs a GPU"
+    assert BLOCKS, "README.md has no python blocks"
+
+
+def test_opt_outs_are_justified():
+    """Each block that does not run says why, and the reason is a checkpoint or a GPU."""
+    listed = [f"README.md:{line}: {reason}" for line, _, reason in NOT_RUN]
+    print("README blocks not run:", *listed, sep="\n  ")
+    for line, _, reason in NOT_RUN:
+        assert JUSTIFIED.search(reason), (
+            f"README.md:{line}: opt-out reason {reason!r} names no real checkpoint or GPU")
+
+
+@pytest.mark.parametrize(("line", "source", "reason"), NOT_RUN,
+                         ids=[f"line{line}" for line, _, _ in NOT_RUN])
+def test_opted_out_blocks_compile(line, source, reason):
+    compile(source, f"README.md:{line}", "exec")
+
+
+@pytest.mark.parametrize(("line", "source"), RUN, ids=[f"line{line}" for line, _ in RUN])
+def test_block_runs(line, source, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(ROOT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's small ops are fastest single-threaded here
+    try:
+        exec(compile(source, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
+    finally:
+        torch.set_num_threads(threads)
