@@ -259,27 +259,28 @@ def second_turn_ids(proc, question: str = "And what then?") -> torch.Tensor:
     return proc.tokenizer(text, return_tensors="pt")["input_ids"]
 
 
-@pytest.mark.parametrize("resend", ["whole_conversation", "new_tokens_only"])
+@pytest.mark.parametrize("resend", ["whole_conversation", "new_tokens_only", "static_cache"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_second_text_turn_reuses_the_compressed_cache(family, resend, families):
     """Turn 1: video with its audio, compressed (default config), greedy. Turn 2: another
     question, continuing turn 1's returned cache, passing either the whole conversation
-    (``generate`` slices off what the cache holds) or only the tokens not yet in the cache
-    with the whole conversation's attention mask. The second answer's logits equal a direct
-    decoder run on the kept tokens + turn 1's answer + the question, and nothing is
-    prefilled again."""
+    (``generate`` slices off what the cache holds; also on a static cache) or only the tokens
+    not yet in the cache with the whole conversation's attention mask. The second answer's
+    logits equal a direct decoder run on the kept tokens + turn 1's answer + the question,
+    and nothing is prefilled again."""
     model, proc, media = families[family]
     inputs, uav = make_inputs(proc, media, "av")
     q2 = second_turn_ids(proc)
     with patch(model, OmniZipConfig()) as handle:
         spy = DecoderSpy(model)
         try:
-            first, _ = run_generate(model, inputs, uav)
+            static = {"cache_implementation": "static"} if resend == "static_cache" else {}
+            first, _ = run_generate(model, inputs, uav, **static)
             results = handle.results
             n_calls = len(spy.calls)
             conversation = torch.cat([first.sequences, q2], dim=1)
             mask = torch.ones_like(conversation)
-            if resend == "whole_conversation":
+            if resend != "new_tokens_only":
                 ids = conversation
             else:  # the last answer token was never fed to the model, so it is not cached
                 ids = conversation[:, -(q2.shape[1] + 1):]
