@@ -24,12 +24,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from omnizip import OmniZipConfig, patch
-from omnizip.demo.media import build_inputs, synthetic_frames, synthetic_speech
-from omnizip.demo.processor import build_offline_processor, build_offline_qwen3_omni_processor
-from omnizip.demo.tiny_model import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen3_omni_thinker
+from conftest import FAMILIES, MODEL_SIZES, family_media
 
-FAMILIES = ("qwen2_5_omni", "qwen3_omni")
+from omnizip import OmniZipConfig, patch
+from omnizip.demo.media import build_inputs
+
+FAMILY_NAMES = ("qwen2_5_omni", "qwen3_omni")
+#: the names tests/conftest.py gives them
+CONFTEST_NAME = {"qwen2_5_omni": "qwen2_5", "qwen3_omni": "qwen3"}
 #: (audio, video) placeholder ids per family
 IDS = {"qwen2_5_omni": (151646, 151656), "qwen3_omni": (151675, 151656)}
 IM_END = 151645
@@ -40,25 +42,12 @@ QUESTION = "What happens in the clip?"
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def families():
-    """Per family: (thinker, processor, media)."""
-    out = {}
-    for family in FAMILIES:
-        if family == "qwen2_5_omni":
-            model = build_tiny_qwen2_5_omni_thinker(seed=0)
-            proc = build_offline_processor(max_pixels=112 * 112, min_pixels=56 * 56)
-            size, size2 = {"width": 112, "height": 112}, {"width": 84, "height": 112}
-        else:
-            model = build_tiny_qwen3_omni_thinker(seed=0, audio_window_infer=200)
-            proc = build_offline_qwen3_omni_processor(max_pixels=128 * 128, min_pixels=64 * 64)
-            size, size2 = {"width": 128, "height": 128}, {"width": 96, "height": 128}
-        media = {
-            "V": synthetic_frames(4.0, seed=0, **size),
-            "A": synthetic_speech(4.0, 2.0, seed=0),
-            "V2": synthetic_frames(3.0, seed=1, **size2),
-            "A2": synthetic_speech(3.0, 1.0, seed=1),
-        }
-        out[family] = (model, proc, media)
-    return out
+    """Per family: (thinker, processor, media), the shared tiny models of tests/conftest.py
+    (Qwen3-Omni with 2-second audio attention windows)."""
+    return {
+        family: (spec.thinker(**MODEL_SIZES[spec.name]), spec.processor(), family_media(spec.name))
+        for family, spec in ((f, FAMILIES[CONFTEST_NAME[f]]) for f in FAMILY_NAMES)
+    }
 
 
 def conversation(kind: str, media: dict, question: str = QUESTION) -> tuple[list, bool]:
@@ -167,7 +156,7 @@ STRAY = {"two_adjacent_video": ("video", 2), "one_video": ("video", 1), "four_au
 
 
 @pytest.mark.parametrize("case", list(STRAY))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_stray_placeholders_in_a_text_prompt_are_left_alone(family, case, families):
     """A text-only prompt holding placeholder ids (no media, no encoder call): the patched
     model (default config) generates exactly what the unpatched one does, and compresses
@@ -186,7 +175,7 @@ def test_stray_placeholders_in_a_text_prompt_are_left_alone(family, case, famili
 
 
 @pytest.mark.parametrize("real", ["video_only", "audio_only"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_stray_placeholders_next_to_real_media_are_text(family, real, families):
     """Real media of one kind plus stray placeholder ids of the other kind in the question:
     the stray tokens are kept like text and the decision over the real media is the one for
@@ -260,7 +249,7 @@ def second_turn_ids(proc, question: str = "And what then?") -> torch.Tensor:
 
 
 @pytest.mark.parametrize("resend", ["whole_conversation", "new_tokens_only", "static_cache"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_second_text_turn_reuses_the_compressed_cache(family, resend, families):
     """Turn 1: video with its audio, compressed (default config), greedy. Turn 2: another
     question, continuing turn 1's returned cache, passing either the whole conversation
@@ -328,7 +317,7 @@ def two_turns(model, inputs, uav, q2):
             torch.stack(second.logits, dim=1))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_second_text_turn_on_a_left_padded_batch(family, families):
     """The same two turns on a left-padded batch (the caller's mask, with its padding, is
     kept by ``generate``): every row's second answer equals that row's conversation run
@@ -348,7 +337,7 @@ def test_second_text_turn_on_a_left_padded_batch(family, families):
             torch.testing.assert_close(logits2[row], s_logits2[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_new_media_on_a_compressed_cache_is_refused(family, families):
     """A second turn bringing a new video (its frames and placeholders) on top of a
     compressed cache is refused with a ValueError naming the compressed cache."""

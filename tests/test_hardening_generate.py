@@ -18,19 +18,17 @@ import torch
 
 pytest.importorskip("transformers")
 
+from conftest import FAMILIES, MODEL_SIZES, family_media
+
 from omnizip import OmniZipConfig, patch
-from omnizip.demo.media import build_inputs, synthetic_frames, synthetic_speech
-from omnizip.demo.processor import build_offline_processor, build_offline_qwen3_omni_processor
-from omnizip.demo.tiny_model import (
-    build_tiny_qwen2_5_omni,
-    build_tiny_qwen2_5_omni_thinker,
-    build_tiny_qwen3_omni,
-    build_tiny_qwen3_omni_thinker,
-)
+from omnizip.demo.media import build_inputs
+from omnizip.demo.tiny_model import build_tiny_qwen2_5_omni, build_tiny_qwen3_omni
 
 KEEP = OmniZipConfig(rho_audio=0.0, rho_video=0.0, contextual_ratio=0.0, min_ratio=0.0, max_ratio=0.0)
 NEW_TOKENS = 3
-FAMILIES = ("qwen2_5_omni", "qwen3_omni")
+FAMILY_NAMES = ("qwen2_5_omni", "qwen3_omni")
+#: the names tests/conftest.py gives them
+CONFTEST_NAME = {"qwen2_5_omni": "qwen2_5", "qwen3_omni": "qwen3"}
 PROMPTS = ("av", "video_only", "audio_only", "text_only")
 #: (audio, video) placeholder ids per family
 IDS = {"qwen2_5_omni": (151646, 151656), "qwen3_omni": (151675, 151656)}
@@ -39,27 +37,12 @@ IDS = {"qwen2_5_omni": (151646, 151656), "qwen3_omni": (151675, 151656)}
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def families():
-    """Per family: (thinker, processor, media) built once; frames sized to few tokens."""
-    out = {}
-    for family in FAMILIES:
-        if family == "qwen2_5_omni":
-            model = build_tiny_qwen2_5_omni_thinker(seed=0)
-            proc = build_offline_processor(max_pixels=112 * 112, min_pixels=56 * 56)
-            size = {"width": 112, "height": 112}
-            size2 = {"width": 84, "height": 112}
-        else:
-            model = build_tiny_qwen3_omni_thinker(seed=0, audio_window_infer=200)
-            proc = build_offline_qwen3_omni_processor(max_pixels=128 * 128, min_pixels=64 * 64)
-            size = {"width": 128, "height": 128}
-            size2 = {"width": 96, "height": 128}
-        media = {
-            "V": synthetic_frames(4.0, seed=0, **size),
-            "A": synthetic_speech(4.0, 2.0, seed=0),
-            "V2": synthetic_frames(3.0, seed=1, **size2),
-            "A2": synthetic_speech(3.0, 1.0, seed=1),
-        }
-        out[family] = (model, proc, media)
-    return out
+    """Per family: (thinker, processor, media), the shared tiny models of tests/conftest.py
+    (Qwen3-Omni with 2-second audio attention windows)."""
+    return {
+        family: (spec.thinker(**MODEL_SIZES[spec.name]), spec.processor(), family_media(spec.name))
+        for family, spec in ((f, FAMILIES[CONFTEST_NAME[f]]) for f in FAMILY_NAMES)
+    }
 
 
 def make_inputs(proc, media, kind: str, batch: bool = False) -> tuple[dict, bool]:
@@ -128,7 +111,7 @@ MODES = {
 # ----------------------------------------------------------------------------- generate modes
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", PROMPTS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_keep_everything_generate_is_identical(family, kind, mode, families):
     model, proc, media = families[family]
     kw = dict(MODES[mode])
@@ -149,7 +132,7 @@ def test_keep_everything_generate_is_identical(family, kind, mode, families):
 
 # ----------------------------------------------------------------------------- autograd
 @pytest.mark.parametrize("kind", PROMPTS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_keep_everything_forward_with_grad_is_identical(family, kind, families):
     """A plain forward with autograd on: same logits and the same gradient on every
     parameter (decoder, audio and vision encoders) as the unpatched model."""
@@ -183,7 +166,7 @@ def test_keep_everything_forward_with_grad_is_identical(family, kind, families):
 
 
 # ----------------------------------------------------------------------------- full models
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_keep_everything_full_model_generate_is_identical(family, families):
     """The full ``*ForConditionalGeneration`` class (audio output disabled) patched as a whole
     under KEEP: same tokens as without the patch, for a video with its audio. Qwen3-Omni runs
