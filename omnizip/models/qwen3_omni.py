@@ -182,7 +182,7 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         if caller is None or getattr(output, "aux_loss", None) is None or not logits:
             return None
         if self.method.in_decoder_layer is not None:
-            return None  # pruning inside the decoder: layers see different tokens (README)
+            return None  # pruned inside the decoder: layers saw different tokens, no one mask
         rows, bsz = int(logits[0].shape[0]), int(caller.shape[0])
         if caller.dim() == 2 and rows == caller.numel():
             mask = caller
