@@ -13,6 +13,7 @@ Each configuration runs in a fresh subprocess so its peak resident memory is its
 
     python benchmarks/bench_core.py                  # 60 s and 10 min clips, JSON to benchmarks/results/
     python benchmarks/bench_core.py --seconds 1200 --only omnizip   # peak memory of a 20-min clip
+    python benchmarks/bench_core.py --seconds 60 --grad              # with autograd on (training forward)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from omnizip.core import DEFAULT_BLOCK_ELEMENTS
 
 HIDDEN = 3584
 TOKENS_PER_FRAME = 144
@@ -58,15 +61,17 @@ def time_it(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_one(task: str, seconds: int, repeats: int, scope: str) -> dict:
-    """One measurement in this process (called in a subprocess by main)."""
+def run_one(task: str, seconds: int, repeats: int, scope: str, grad: bool = False) -> dict:
+    """One measurement in this process (called in a subprocess by main). ``grad``: the
+    embeddings require grad, as in a training forward (the output then carries a graph)."""
     from omnizip import OmniZipConfig, compress_sequence
 
     embeds, ids, scores = make_input(seconds)
+    embeds.requires_grad_(grad and task == "omnizip")
     config = OmniZipConfig(merge_scope=scope)
     n_audio, n_video = int((ids == AUDIO_ID).sum()), int((ids == VIDEO_ID).sum())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out: dict = {"task": task, "seconds": seconds, "scope": scope, "L": ids.numel(),
+    out: dict = {"task": task, "seconds": seconds, "scope": scope, "grad": grad, "L": ids.numel(),
                  "n_audio": n_audio, "n_video": n_video}
     if task == "omnizip":
         def fn():
@@ -92,7 +97,7 @@ def run_one(task: str, seconds: int, repeats: int, scope: str) -> dict:
         if scope == "global":
             # Blocked like any bounded-memory implementation would (same FLOPs as one matmul).
             def pool_by_video():
-                step = max(1, (1 << 24) // max(1, pool.shape[0]))
+                step = max(1, DEFAULT_BLOCK_ELEMENTS // max(1, pool.shape[0]))
                 for s in range(0, n_video, step):
                     (pool @ video_hat[s:s + step].T).amax(dim=1)
             parts["pool_by_video_matmul"] = time_it(pool_by_video, repeats)
@@ -111,11 +116,13 @@ def main() -> None:
     parser.add_argument("--scope", choices=["global", "window"], nargs="+", default=["global", "window"])
     parser.add_argument("--only", choices=["omnizip", "floor"], default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
+    parser.add_argument("--grad", action="store_true",
+                        help="time compress_sequence with embeddings that require grad")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         task, seconds, repeats, scope = args._child
-        print(json.dumps(run_one(task, int(seconds), int(repeats), scope)))
+        print(json.dumps(run_one(task, int(seconds), int(repeats), scope, args.grad)))
         return
     torch_threads = torch.get_num_threads()
     machine = f"{platform.processor() or platform.machine()}, {torch_threads} torch threads, torch {torch.__version__}"
@@ -126,7 +133,8 @@ def main() -> None:
             res = {}
             for task in tasks:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--_child", task, str(seconds), str(args.repeats), scope],
+                    [sys.executable, __file__, "--_child", task, str(seconds), str(args.repeats), scope,
+                     *(["--grad"] if args.grad else [])],
                     capture_output=True, text=True, check=True,
                 )
                 res[task] = json.loads(proc.stdout.strip().splitlines()[-1])

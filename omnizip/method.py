@@ -27,11 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .core.select import DEFAULT_BLOCK_ELEMENTS
+
 __all__ = ["DEFAULT_BLOCK_ELEMENTS", "CompressionMethod", "FamilyLayout", "MethodHooks"]
 
-#: Default soft cap on the elements of a temporary block (bounds peak memory; results do
-#: not depend on it). Methods expose it as their ``block_elements`` field.
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
+# The default soft cap on a temporary block's elements (bounds peak memory; results do not
+# depend on it) is the core's; methods expose it as their ``block_elements`` field.
 
 
 @dataclass(frozen=True)

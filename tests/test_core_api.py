@@ -206,6 +206,22 @@ def test_block_size_does_not_change_results():
         assert torch.equal(big.keep, small.keep)
         assert torch.allclose(big.embeds, small.embeds, atol=1e-6)
         assert torch.equal(big.merge_target, small.merge_target)
+        # Bit for bit: the merge scores do not depend on how the similarity search is blocked.
+        assert torch.equal(big.merge_weight, small.merge_weight)
+        assert torch.equal(big.embeds, small.embeds)
+
+
+@pytest.mark.parametrize("scope", ["global", "window"])
+@pytest.mark.parametrize("seed", range(4))
+def test_block_size_does_not_change_merged_embeddings_bit_for_bit(scope, seed):
+    """Blocked matrix products round differently with the block's shape; the merge scores
+    (hence weights and merged anchors) must not inherit that."""
+    embeds, ids, scores = interleaved(5, 3, audio=40, dim=5, seed=seed)
+    big = run(embeds, ids, scores, 3, merge_scope=scope, rho_audio=0.9)
+    small = run(embeds, ids, scores, 3, merge_scope=scope, rho_audio=0.9, block_elements=1024)
+    assert (big.merge_target >= 0).any()
+    for name in ("keep", "merge_target", "merge_weight", "embeds"):
+        assert torch.equal(getattr(big, name), getattr(small, name)), name
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -369,3 +385,151 @@ def test_ablation_switches():
     assert not torch.equal(rand_a.salient, rand_c.salient)
     assert rand_a.n_audio_kept == full.n_audio_kept
     assert not torch.equal(rand_a.salient, full.salient)
+
+
+# ----------------------------------------------------------------------------- hardening (issue 11)
+
+def _reference_merged(embeds, ref):
+    """The merged output written from the reference's decisions (anchors, members, weights)
+    with the merge formula of SPEC 4 step 4, in float64 and differentiable in ``embeds``."""
+    x = embeds.double()
+    rows = list(x.unbind(0))
+    audio = ref.audio_positions
+    for anchor in ref.anchors:
+        members = [i for i, t in enumerate(ref.merge_target) if t == anchor]
+        weights = [ref.merge_weight[i] for i in members]
+        total = rows[audio[anchor]]
+        for i, w in zip(members, weights, strict=True):
+            total = total + w * x[audio[i]]
+        rows[audio[anchor]] = total / (1.0 + sum(weights))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("scope", ["global", "window"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_autograd_reaches_kept_and_merged_tokens(scope, dtype):
+    """With grad on (a training forward), the output is differentiable with the decisions
+    fixed: its gradient equals that of the reference's merge formula on the same tokens."""
+    from reference_omnizip import reference_compress
+
+    embeds, ids, scores = interleaved(4, 4, audio=40, seed=21)
+    leaf = embeds.to(dtype, copy=True).requires_grad_(True)
+    x = leaf * 1.0  # a non-leaf, as in a model forward
+    res = run(x, ids, scores, 4, g=4, contextual_ratio=0.1, merge_scope=scope)
+    ref = reference_compress(embeds.to(dtype), ids, scores, A, V, 4, g=4, contextual_ratio=0.1,
+                             merge_scope=scope)
+    assert torch.equal(res.keep, ref.keep) and res.merge_target.tolist() == ref.merge_target
+    assert res.embeds.requires_grad and not embeds.requires_grad
+    upstream = torch.randn(embeds.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    keep = ref.keep
+    (grad,) = torch.autograd.grad((res.embeds[keep] * upstream[keep]).sum(), leaf)
+    expected_rows = _reference_merged(leaf, ref)
+    (expected,) = torch.autograd.grad((expected_rows[keep] * upstream[keep].double()).sum(), leaf)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad.double(), expected.double(), **tol)
+    torch.testing.assert_close(res.embeds.detach().double()[keep], expected_rows.detach()[keep], **tol)
+    # Gradients reach both kept tokens (identity) and merged members (their weight).
+    merged = res.merge_target >= 0
+    assert merged.any() and (grad[res.audio_positions[merged]].abs().sum(dim=1) > 0).all()
+    assert grad[~keep].abs().sum() > 0  # dropped members still get their share
+
+
+def test_autograd_minimal_issue_case():
+    x = torch.randn(8, 4, requires_grad=True)
+    res = compress_sequence(x, torch.tensor([1, 9, 9, 9, 9, 7, 7, 1]), torch.rand(2),
+                            audio_token_id=7, video_token_id=9, tokens_per_frame=2)
+    res.embeds[res.keep].sum().backward()
+    assert torch.equal(x.grad, res.keep[:, None].float().expand(8, 4))
+
+
+def test_huge_g_is_bounded_by_the_pool():
+    """Work and memory do not grow with g: g beyond the pool gives the same result as
+    g = pool size, and no temporary is sized anchors x g."""
+    embeds, ids, scores = interleaved(3, 4, audio=40, dim=8, seed=6)
+    n_pool = 120 - round(0.7 * 120) - round(0.05 * 120)
+    block = 4096
+    with _LargestTensor() as probe:
+        large = run(embeds, ids, scores, 4, g=10**5, block_elements=block)
+    assert probe.largest <= max(embeds.numel(), block)
+    at_pool = run(embeds, ids, scores, 4, g=n_pool, block_elements=block)
+    for name in ("keep", "embeds", "merge_target", "merge_weight"):
+        assert torch.equal(getattr(large, name), getattr(at_pool, name)), name
+    assert torch.equal(run(embeds, ids, scores, 4, g=10**9).keep, at_pool.keep)
+
+
+@pytest.mark.parametrize("scale", [3e37, 3e38])
+def test_merge_near_float32_max_stays_finite_and_matches_reference(scale):
+    from reference_omnizip import reference_compress
+
+    embeds, ids, scores = interleaved(3, 4, audio=30, dim=8, seed=8)
+    big = (embeds / embeds.abs().max() * scale).float()
+    assert torch.isfinite(big).all()
+    res = run(big, ids, scores, 4, contextual_ratio=0.1)
+    ref = reference_compress(big, ids, scores, A, V, 4, contextual_ratio=0.1)
+    assert torch.isfinite(res.embeds).all()
+    assert torch.equal(res.keep, ref.keep) and res.merge_target.tolist() == ref.merge_target
+    anchors = res.audio_positions[res.anchors]
+    torch.testing.assert_close(res.embeds[anchors].double() / scale,
+                               ref.embeds[anchors].double().clamp(-3.4028234663852886e38,
+                                                                  3.4028234663852886e38) / scale,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_float64_is_merged_in_float64_and_may_exceed_float32_range():
+    from reference_omnizip import reference_compress
+
+    embeds, ids, scores = interleaved(3, 4, audio=30, dim=8, seed=9)
+    for scale in (1.0, 1e100):
+        x = embeds.double() * scale + 1e-9 * scale  # offsets float32 cannot hold
+        res = run(x, ids, scores, 4, contextual_ratio=0.1)
+        ref = reference_compress(x, ids, scores, A, V, 4, contextual_ratio=0.1)
+        assert res.embeds.dtype == torch.float64 and torch.isfinite(res.embeds).all()
+        assert torch.equal(res.keep, ref.keep) and res.merge_target.tolist() == ref.merge_target
+        # The formula with the core's own weights, in float64: exact to float64 rounding.
+        with_core_weights = reference_compress(x, ids, scores, A, V, 4, contextual_ratio=0.1)
+        with_core_weights.merge_weight = res.merge_weight.double().tolist()
+        expected = _reference_merged(x, with_core_weights)
+        torch.testing.assert_close(res.embeds, expected, rtol=1e-12, atol=0.0)
+
+
+def test_seed_must_fit_torch_generators():
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 9223372036854775807\]"):
+        OmniZipConfig(seed=2**63)
+    with pytest.raises(ValueError, match="seed"):
+        OmniZipConfig(seed=2**64)
+    embeds, ids, scores = interleaved(2, 4)
+    assert run(embeds, ids, scores, 4, audio_selection="random", seed=2**63 - 1).n_audio_kept > 0
+
+
+def test_exact_budget_ratios_stay_below_one():
+    """Discarding (almost) everything: the widened upper bound is the largest float64 below
+    1, never 1.0 (float32 rounding of that bound made ratios exactly 1)."""
+    ids = torch.tensor([T] + [V] * 8 + [A] * 4 + [V] * 8 + [A] * 4 + [T])
+    embeds = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))
+    for rho_video in (0.9, 0.99):
+        res = run(embeds, ids, torch.rand(8), 4, rho_video=rho_video, budget="exact")
+        assert (res.video_chunk_ratio < 1.0).all(), res.video_chunk_ratio.tolist()
+        assert res.n_video_kept == round((1 - rho_video) * 16)
+    # Windows with S = 1, 0, 1/2: the budget's shift clamps two chunks at r_max, which they
+    # hold as that exact float64 value, not as its float32 rounding (0.699999988...).
+    ids = torch.tensor([T] + ([V] * 8 + [A] * 10) * 3 + [T])
+    embeds = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))
+    scores = torch.cat([torch.full((10,), 3.0), torch.full((10,), 1.0),
+                        torch.tensor([2.0] * 5 + [0.0] * 5)])
+    res = run(embeds, ids, scores, 4, rho_audio=0.5, g=0, rho_video=0.6, min_ratio=0.3,
+              max_ratio=0.7, budget="exact")
+    assert res.window_audio_retention.tolist() == [1.0, 0.0, 0.5]
+    assert res.video_chunk_ratio.tolist()[1:] == [0.7, 0.7]
+    assert res.n_video_kept == round(0.4 * 24)
+
+
+def test_energy_selection_near_float32_max_ranks_by_norm():
+    """audio_score="energy" without scores (the method protocol): norms of rows near
+    float32's maximum overflow; the salient tokens are still the largest rows."""
+    ids = torch.tensor([T] + [A] * 10 + [T])
+    scale = torch.tensor([1.0, 0.2, 0.9, 0.1, 0.5, 0.6, 0.3, 0.8, 0.4, 0.7]) * 3e38
+    embeds = torch.zeros(12, 4)
+    embeds[1:11] = scale[:, None]
+    config = OmniZipConfig(audio_score="energy", rho_audio=0.5, g=0)
+    res = config.compress(embeds, ids, audio_token_id=A, video_token_id=V, tokens_per_frame=4)
+    assert res.salient.tolist() == (scale >= scale.sort().values[5]).tolist()

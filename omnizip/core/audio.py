@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import exclusive_cumsum
 from .select import block_rows, keep_best
+from .similarity import rowwise_products
 
 # SPEC 4 step 3 normalises the rows used for merging as x / (||x|| + 1e-6).
 MERGE_NORM_EPS = 1e-6
@@ -82,16 +84,40 @@ def assign_to_anchors(
         sims = pool_hat[start : start + rows] @ anchor_hat.T
         # torch.max returns the first maximal index: ties go to the earlier anchor.
         best_cos[start : start + rows], best[start : start + rows] = sims.max(dim=1)
-    return best, best_cos
+    # The winners' cosines once more, independent of the row blocking (see rowwise_products).
+    return best, rowwise_products(pool_hat, anchor_hat, best)
 
 
 @dataclass(frozen=True)
 class MergePlan:
-    """Step 3-4 decisions. ``members`` int64 ``[n_anchor, g]`` pool slots merged into each
-    anchor (-1 padding), ``weights`` float32 ``[n_anchor, g]`` their softmax weights (0 pad)."""
+    """Steps 3-4 decisions, one entry per pool token: linear in the pool, whatever ``g`` is.
 
-    members: torch.Tensor
+    Entries are in merge order: grouped by anchor (ascending), inside a group by merge
+    score (descending, ties to the lower pool slot).
+
+    Attributes:
+        order: int64 ``[p]`` pool slot of each entry.
+        group: int64 ``[p]`` anchor slot of each entry (ascending).
+        counts: int64 ``[n_anchor]`` entries per anchor (pool tokens assigned to it).
+        chosen: bool ``[p]`` the entry is among the ``g`` best of its anchor (it merges).
+        weights: float32 ``[p]`` softmax weight of a chosen entry among its anchor's chosen
+            entries, 0 for the others.
+    """
+
+    order: torch.Tensor
+    group: torch.Tensor
+    counts: torch.Tensor
+    chosen: torch.Tensor
     weights: torch.Tensor
+
+
+def segment_sums(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``values`` ``[n, ...]`` with ``counts`` ``[s]`` rows
+    each (summing to n) -> ``[s, ...]`` (0 for empty segments).
+
+    Deterministic on every device (no atomics, unlike index_add_ on CUDA) and linear.
+    """
+    return torch.segment_reduce(values, "sum", lengths=counts, axis=0, unsafe=True)
 
 
 def plan_merges(
@@ -100,54 +126,55 @@ def plan_merges(
     """Each anchor takes the (at most) ``g`` assigned pool tokens of highest merge score.
 
     Ties go to the lower pool slot, i.e. the lower audio index. Fully batched: pool tokens
-    are sorted by (anchor, score descending) and ranked inside their anchor's group.
+    are sorted by (anchor, score descending) and ranked inside their anchor's group; nothing
+    is sized by ``g``, so memory stays linear in the pool for any ``g``.
 
     Args:
         assignment: int64 ``[p]`` anchor slot of each pool token.
-        merge_score: float ``[p]``.
+        merge_score: float ``[p]`` (finite).
+        n_anchor: anchors (>= 1 when ``p > 0``); g: merges per anchor (>= 1).
     """
     device = merge_score.device
     p = merge_score.numel()
-    members = torch.full((n_anchor, g), -1, dtype=torch.int64, device=device)
-    scores = torch.full((n_anchor, g), float("-inf"), dtype=torch.float32, device=device)
-    if p and n_anchor and g:
-        by_score = torch.sort(merge_score, descending=True, stable=True).indices
-        order = by_score[torch.sort(assignment[by_score], stable=True).indices]
-        group = assignment[order]
-        # (bincount would synchronise on CUDA to size its output; index_add_ does not.)
-        counts = torch.zeros(n_anchor, dtype=torch.int64, device=device).index_add_(
-            0, assignment, torch.ones_like(assignment)
-        )
-        group_start = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(p, device=device) - group_start[group]
-        chosen = rank < g
-        # Scatter by a flat index so no boolean indexing (a host sync) is needed: rows with
-        # rank >= g go to one dummy slot past the end, which is dropped.
-        flat = torch.where(chosen, group * g + rank, n_anchor * g)
-        members = torch.full((n_anchor * g + 1,), -1, dtype=torch.int64, device=device)
-        members.scatter_(0, flat, order)
-        members = members[:-1].view(n_anchor, g)
-        flat_scores = torch.full((n_anchor * g + 1,), float("-inf"), device=device)
-        flat_scores.scatter_(0, flat, merge_score[order].float())
-        scores = flat_scores[:-1].view(n_anchor, g)
-    has_member = members >= 0
-    weights = torch.softmax(scores, dim=1)
-    weights = torch.where(has_member, weights, torch.zeros_like(weights))  # all -inf rows -> nan
-    return MergePlan(members=members, weights=weights)
+    by_score = torch.sort(merge_score, descending=True, stable=True).indices
+    order = by_score[torch.sort(assignment[by_score], stable=True).indices]
+    group = assignment[order]
+    # (bincount would synchronise on CUDA to size its output; index_add_ does not.)
+    counts = torch.zeros(n_anchor, dtype=torch.int64, device=device).index_add_(
+        0, assignment, torch.ones_like(assignment)
+    )
+    group_start = exclusive_cumsum(counts)
+    rank = torch.arange(p, device=device) - group_start[group]
+    chosen = rank < g
+    # Softmax among each anchor's chosen entries: a group's first entry holds its highest
+    # score (sorted), so exp(s - max) needs no segment max; unchosen entries weigh 0.
+    scores = merge_score[order].float()
+    exps = torch.where(chosen, torch.exp(scores - scores[group_start[group]]), 0.0)
+    weights = exps / segment_sums(exps, counts)[group]
+    return MergePlan(order=order, group=group, counts=counts, chosen=chosen, weights=weights)
 
 
 def merge_into_anchors(
-    anchor_embeds: torch.Tensor, pool_embeds: torch.Tensor, plan: MergePlan
+    anchor_rows: torch.Tensor, member_rows: torch.Tensor, plan: MergePlan, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """``(a_anchor + sum_m w_m a_m) / (1 + sum_m w_m)`` from the original embeddings (step 4).
 
+    Computed as the convex combination it is (coefficients ``1 / (1 + W)`` and
+    ``w_m / (1 + W)``, ``W = sum_m w_m``), so no partial sum leaves the range of the rows:
+    a finite input gives a finite output even next to the dtype's largest value. Exact
+    rounding can still step past it by an ulp, hence the final clamp to ``out_dtype``'s range.
+    Differentiable in both row sets (the weights are constants, part of the decision).
+
     Args:
-        anchor_embeds: float32 ``[n_anchor, D]``; pool_embeds: float32 ``[p, D]``.
+        anchor_rows: ``[n_anchor, D]``; member_rows: ``[p, D]`` pool rows in ``plan.order``;
+            both in the merge dtype (float32, or float64 for float64 input).
+        out_dtype: the dtype the result is written back in.
     Returns:
-        float32 ``[n_anchor, D]``; anchors with no members come back unchanged.
+        ``[n_anchor, D]`` merge dtype; anchors with no members come back unchanged.
     """
-    if plan.members.shape[1] == 0 or pool_embeds.shape[0] == 0:
-        return anchor_embeds.clone()
-    gathered = pool_embeds[plan.members.clamp(min=0)]  # [n_anchor, g, D]
-    weighted = (plan.weights.unsqueeze(-1) * gathered).sum(dim=1)
-    return (anchor_embeds + weighted) / (1.0 + plan.weights.sum(dim=1, keepdim=True))
+    weights = plan.weights.to(anchor_rows.dtype)
+    total = 1.0 + segment_sums(weights, plan.counts)  # [n_anchor], >= 1
+    shares = weights / total[plan.group]
+    merged = anchor_rows / total[:, None] + segment_sums(shares[:, None] * member_rows, plan.counts)
+    limit = torch.finfo(out_dtype).max
+    return merged.clamp(-limit, limit)

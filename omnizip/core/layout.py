@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validate import INT64_MAX
+
 
 def find_runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximal runs of ``True`` in a 1-D bool CPU tensor.
@@ -109,6 +111,8 @@ def _tokens_per_frame_per_chunk(tokens_per_frame, n_chunks: int) -> torch.Tensor
     if isinstance(tokens_per_frame, int):
         if tokens_per_frame <= 0:
             raise ValueError(f"tokens_per_frame must be a positive int, got {tokens_per_frame}")
+        if tokens_per_frame > INT64_MAX:
+            raise ValueError(f"tokens_per_frame must fit in int64, got {tokens_per_frame}")
         return torch.full((n_chunks,), tokens_per_frame, dtype=torch.int64)
     if isinstance(tokens_per_frame, torch.Tensor):
         if tokens_per_frame.is_floating_point() or tokens_per_frame.is_complex():
@@ -119,6 +123,8 @@ def _tokens_per_frame_per_chunk(tokens_per_frame, n_chunks: int) -> torch.Tensor
     elif isinstance(tokens_per_frame, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in tokens_per_frame):
             raise TypeError(f"tokens_per_frame must be ints, got {tokens_per_frame!r}")
+        if any(v > INT64_MAX for v in tokens_per_frame):
+            raise ValueError(f"tokens_per_frame must fit in int64, got {tokens_per_frame!r}")
         values = torch.tensor(list(tokens_per_frame), dtype=torch.int64)
     else:
         raise TypeError(

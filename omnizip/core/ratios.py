@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .select import rank_along_last
+
 # Tolerances of SPEC 4 step 7.
 BUDGET_TOLERANCE = 1e-3
 BISECTION_STEPS = 64
@@ -89,8 +91,13 @@ def shift_to_budget(
     """
     total = prunable.sum()
     inside = (min_ratio * total <= target_discard) & (target_discard <= max_ratio * total)
-    lo = torch.where(inside, min_ratio, 0.0).to(torch.float64)
-    hi = torch.where(inside, max_ratio, BELOW_ONE).to(torch.float64)
+    # Bounds as float64 tensors: torch.where on Python floats would build float32 ones,
+    # rounding BELOW_ONE up to exactly 1.0 and r_min / r_max off their values.
+    def bound(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=base.device)
+
+    lo = torch.where(inside, bound(min_ratio), bound(0.0))
+    hi = torch.where(inside, bound(max_ratio), bound(BELOW_ONE))
     shift_lo = torch.full((), -2.0, dtype=torch.float64, device=base.device)
     shift_hi = torch.full((), 2.0, dtype=torch.float64, device=base.device)
     for _ in range(BISECTION_STEPS):  # fixed trip count, independent of the input size
@@ -123,15 +130,9 @@ def frame_discards_exact(
     n = want.numel()
     if n == 0:
         return floor
-    up_rank = torch.empty(n, dtype=torch.int64, device=want.device)
-    # Frames that cannot take another discard rank last.
-    up_key = torch.where(floor < frame_tokens, fraction, -1.0)
-    up_rank.scatter_(0, torch.sort(up_key, descending=True, stable=True).indices,
-                     torch.arange(n, device=want.device))
-    down_rank = torch.empty_like(up_rank)
-    down_key = torch.where(floor > 0, fraction, 2.0)
-    down_rank.scatter_(0, torch.sort(down_key, stable=True).indices,
-                       torch.arange(n, device=want.device))
+    # Frames that cannot take another discard (or give one back) rank last.
+    up_rank = rank_along_last(torch.where(floor < frame_tokens, fraction, -1.0), descending=True)
+    down_rank = rank_along_last(torch.where(floor > 0, fraction, 2.0), descending=False)
     add = (up_rank < missing) & (floor < frame_tokens)
     remove = (down_rank < -missing) & (floor > 0)
     return floor + add.to(floor.dtype) - remove.to(floor.dtype)

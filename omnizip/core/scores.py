@@ -8,13 +8,117 @@ token's score is the mean of its two frames' scores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .layout import exclusive_cumsum, segment_ids
-from .select import block_rows
+from .select import DEFAULT_BLOCK_ELEMENTS, block_rows
 from .similarity import padded_segments
 
 SCORE_SCOPES = ("global", "windowed")
+
+# On the CPU a fresh temporary of more than a few MB is mmap-ed and page-faults on every
+# block (glibc hands large frees back to the OS); tiles of 4M elements (16 MB) are reused
+# from the heap and stay near the caches. Other devices use the caller's cap as it is.
+CPU_TILE_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class SegmentGroup:
+    """Segments scored together as one padded ``[rows, H, width, width]`` problem.
+
+    ``offset``: where the group's ``[rows, width]`` index table starts in the plan's flat
+    table; ``shortest``: its shortest segment (``padded`` when shorter than ``width``: only
+    then are keys masked and padded queries weighted out); ``head_step``, ``query_step``:
+    the tile ``[rows, head_step, query_step, width]``, at most the plan's cap.
+    """
+
+    offset: int
+    rows: int
+    width: int
+    shortest: int
+    heads: int
+    head_step: int
+    query_step: int
+
+    @property
+    def padded(self) -> bool:
+        return self.shortest < self.width
+
+    def tiles(self):
+        """``(head slice, query slice)`` of each tile, heads outermost (keys stay warm)."""
+        for h0 in range(0, self.heads, self.head_step):
+            for q0 in range(0, self.width, self.query_step):
+                yield slice(h0, h0 + self.head_step), slice(q0, q0 + self.query_step)
+
+
+@dataclass(frozen=True)
+class ScoreBlockPlan:
+    """How ``audio_attention_scores`` cuts its work; ``sink``: int64 flat index tables of all
+    groups (frame index, ``n_frames`` for padding) on the scoring device, moved there once."""
+
+    groups: tuple[SegmentGroup, ...]
+    sink: torch.Tensor
+
+    def group_sink(self, group: SegmentGroup) -> torch.Tensor:
+        """int64 ``[rows, width]``: the group's frames, ``n_frames`` marking padding."""
+        size = group.rows * group.width
+        return self.sink[group.offset : group.offset + size].view(group.rows, group.width)
+
+
+def _even_step(total: int, most: int) -> int:
+    """The smallest step that covers ``total`` in as few pieces as ``most`` allows."""
+    pieces = -(-total // max(1, min(most, total)))
+    return -(-total // pieces)
+
+
+def plan_score_blocks(
+    lengths: torch.Tensor, heads: int, block_elements: int, device: torch.device
+) -> ScoreBlockPlan:
+    """Cut the scoring of segments of the given lengths into bounded tiles (host-side only).
+
+    Segments are sorted longest first, so a group pads its members to nearly their own
+    length, and only a group that holds a shorter segment is masked. A group holds several
+    segments when they fit the cap whole (encoder windows), else one segment cut into tiles
+    of a few heads and queries against all its keys (a softmax row is never split).
+
+    Args:
+        lengths: int64 ``[n]`` on the CPU, frames per segment, laid end to end.
+        heads: attention heads; block_elements: cap on a tile's elements.
+    """
+    n_frames = int(lengths.sum())
+    starts = exclusive_cumsum(lengths)
+    keep = lengths > 0
+    lengths, starts = lengths[keep], starts[keep]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    lengths, starts = lengths[order], starts[order]
+    cap = min(block_elements, CPU_TILE_ELEMENTS) if device.type == "cpu" else block_elements
+    sizes = lengths.tolist()
+    groups, tables, first, offset = [], [], 0, 0
+    while first < len(sizes):
+        width = sizes[first]
+        rows = block_rows(len(sizes) - first, heads * width * width, cap)
+        query_step = _even_step(width, cap // (rows * width))
+        head_step = _even_step(heads, cap // (rows * query_step * width))
+        index, valid = padded_segments(starts[first : first + rows], lengths[first : first + rows], width)
+        tables.append(torch.where(valid, index, n_frames).flatten())
+        shortest = sizes[first + rows - 1]
+        groups.append(SegmentGroup(offset, rows, width, shortest, heads, head_step, query_step))
+        first, offset = first + rows, offset + rows * width
+    sink = torch.cat(tables) if tables else torch.zeros(0, dtype=torch.int64)
+    return ScoreBlockPlan(tuple(groups), sink.to(device))
+
+
+def gather_segments(
+    query: torch.Tensor, key: torch.Tensor, sink: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``[rows, H, width, Dh]`` queries (times ``scale``, folded in once here rather
+    than into every logit) and keys of a group; padding repeats a real frame (masked later)."""
+    index = sink.clamp(max=query.shape[0] - 1)
+    queries = query[index].permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
+    keys = key[index].permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
+    return queries * scale, keys
 
 
 def _lengths(name: str, values, total: int) -> torch.Tensor:
@@ -41,7 +145,7 @@ def audio_attention_scores(
     stream_lengths=None,
     cu_seqlens=None,
     scale: float | None = None,
-    block_elements: int = 1 << 24,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """Attention received by each audio frame in one encoder layer (SPEC 3).
 
@@ -53,7 +157,7 @@ def audio_attention_scores(
         stream_lengths: frames per audio stream (default: one stream of ``T`` frames).
         cu_seqlens: int ``[n_windows + 1]`` window boundaries, required for ``"windowed"``.
         scale: softmax scale, default ``Dh ** -0.5``.
-        block_elements: cap on the elements of one ``[segments, H, queries, keys]`` block.
+        block_elements: cap on the elements of one ``[segments, heads, queries, keys]`` block.
 
     Returns:
         float32 ``[T]``, the sum over heads and queries of the attention each frame gets.
@@ -79,33 +183,40 @@ def audio_attention_scores(
             raise ValueError(f"cu_seqlens must start at 0 and hold >= 2 entries, got {bounds.tolist()}")
         lengths = _lengths("cu_seqlens differences", torch.diff(bounds), n_frames)
     scale = head_dim**-0.5 if scale is None else float(scale)
-    device = query.device
-    scores = torch.zeros(n_frames + 1, dtype=torch.float32, device=device)  # +1: padding sink
-    lengths = lengths[lengths > 0]
-    if lengths.numel() == 0:
-        return scores[:n_frames]
-    starts = exclusive_cumsum(lengths)
-    width = int(lengths.max())
-    index, valid = padded_segments(starts, lengths, width)
-    sink = torch.where(valid, index, n_frames).to(device)
-    index, valid = index.to(device), valid.to(device)
-    n_segments = index.shape[0]
-    # Blocks of segments x blocks of queries, each [s, H, q, width] at most block_elements.
-    segs = block_rows(n_segments, heads * width * width, block_elements)
-    queries = block_rows(width, segs * heads * width, block_elements)
-    for s0 in range(0, n_segments, segs):
-        seg_index, seg_valid = index[s0 : s0 + segs], valid[s0 : s0 + segs]
-        keys = key[seg_index].float().permute(0, 2, 3, 1)  # [s, H, Dh, width]
-        received = torch.zeros(seg_index.shape, dtype=torch.float32, device=device)
-        key_mask = ~seg_valid[:, None, None, :]
-        for q0 in range(0, width, queries):
-            q = query[seg_index[:, q0 : q0 + queries]].float().permute(0, 2, 1, 3)  # [s,H,q,Dh]
-            logits = torch.matmul(q, keys) * scale
-            attn = torch.softmax(logits.masked_fill(key_mask, float("-inf")), dim=-1)
-            attn = attn * seg_valid[:, None, q0 : q0 + queries, None]  # padded queries give 0
-            received += attn.sum(dim=(1, 2))
-        scores.scatter_add_(0, sink[s0 : s0 + segs].flatten(), received.flatten())
+    scores = torch.zeros(n_frames + 1, dtype=torch.float32, device=query.device)  # +1: padding sink
+    plan = plan_score_blocks(lengths, heads, block_elements, query.device)
+    for group in plan.groups:
+        sink = plan.group_sink(group)
+        queries, keys = gather_segments(query, key, sink, scale)
+        valid = sink < n_frames if group.padded else None
+        received = torch.zeros(sink.shape, dtype=torch.float32, device=query.device)
+        for head_rows, query_rows in group.tiles():
+            received += _tile_received(queries, keys, valid, group, head_rows, query_rows)
+        scores.scatter_add_(0, sink.flatten(), received.flatten())
     return scores[:n_frames]
+
+
+def _tile_received(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    valid: torch.Tensor | None,
+    group: SegmentGroup,
+    head_rows: slice,
+    query_rows: slice,
+) -> torch.Tensor:
+    """Attention one tile of queries gives each key of its segment, summed over heads and
+    queries: float32 ``[s, width]``. Two tile-sized temporaries (logits, softmax), both
+    freed on return; the scale is already folded into ``queries``."""
+    logits = torch.matmul(queries[:, head_rows, query_rows], keys[:, head_rows].transpose(-1, -2))
+    if valid is not None:  # only groups holding a segment shorter than the width
+        logits.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    attn = torch.softmax(logits, dim=-1)  # [s, h, q, width]
+    if valid is None or query_rows.stop <= group.shortest:
+        return attn.sum(dim=(1, 2))
+    # Padded query rows must give nothing: a weighted sum over (heads, queries) as one bmm.
+    s, h, q, width = attn.shape
+    weights = valid[:, None, query_rows].to(attn.dtype).expand(s, h, q).reshape(s, 1, h * q)
+    return torch.bmm(weights, attn.reshape(s, h * q, width)).squeeze(1)
 
 
 def pool_audio_scores(

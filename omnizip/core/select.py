@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# Default soft cap on the elements of any temporary block (similarities, gathered frames):
+# 16 Mi elements, 64 MiB in float32. Every blocked step takes its cap from here.
+DEFAULT_BLOCK_ELEMENTS = 1 << 24
+
 
 def rank_along_last(scores: torch.Tensor, *, descending: bool) -> torch.Tensor:
     """Rank of every element within its row: 0 for the best.

@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .select import block_rows
+
+# OmniZip's similarities are float32 dot products of rows, some normalised only afterwards
+# (the norms are folded into a scale). Rows with norms below 2**60 keep every such product
+# below 2**120, far inside float32's range (about 2**128).
+SAFE_ROW_NORM = 2.0**60
 
 
 class RowGatherer:
@@ -50,6 +57,34 @@ def sequence_row_norms(source: torch.Tensor, block_elements: int) -> torch.Tenso
     return out
 
 
+def float32_safe(
+    source: torch.Tensor, positions: torch.Tensor, row_norms: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
+    """The rows decisions read, made safe for float32 similarities.
+
+    Cosines do not depend on scale, so when a decision row is too large for float32 (a norm
+    at or over :data:`SAFE_ROW_NORM`, or infinite: float64 beyond float32's range, or
+    float32 near its maximum) the whole ``source`` is scaled by a power of two (exact) so
+    that its largest value among ``positions`` is below 1. Ordinary inputs are returned as
+    they are, so their decisions do not change.
+
+    Args:
+        source: ``[L, D]`` any float dtype (detached); positions: int64 ``[n]`` decision rows.
+        row_norms: float32 ``[n]`` their norms. Reading the check synchronises once.
+    Returns:
+        (``source`` or a scaled copy, whether it was scaled).
+    """
+    if positions.numel() == 0 or bool((row_norms <= SAFE_ROW_NORM).all()):
+        return source, False
+    largest = float(source[positions].abs().amax())
+    if not math.isfinite(largest) or largest == 0.0:  # not finite input: nothing to promise
+        return source, False
+    exponent = math.frexp(largest)[1]  # largest < 2**exponent
+    # Two factors, each a normal number even for float64's range (2**-1024 would not be).
+    half = exponent // 2
+    return source * 2.0**-half * 2.0 ** (half - exponent), True
+
+
 def max_cosine_to_columns(
     rows_hat: torch.Tensor,
     source: torch.Tensor,
@@ -75,6 +110,7 @@ def max_cosine_to_columns(
     best = torch.full((p,), float("-inf"), dtype=torch.float32, device=rows_hat.device)
     if p == 0 or n == 0:
         return best
+    best_column = torch.zeros(p, dtype=torch.int64, device=rows_hat.device)
     width = block_rows(n, max(p, dim), block_elements)
     gather = RowGatherer(source, width)
     sims = torch.empty(p, width, dtype=torch.float32, device=rows_hat.device)
@@ -86,8 +122,22 @@ def max_cosine_to_columns(
         else:  # the last, narrower block
             out = rows_hat @ cols.T
         out.mul_(column_scale[start : start + width])
-        best = torch.maximum(best, out.amax(dim=1))
-    return best
+        values, column = out.max(dim=1)  # first maximum: ties keep the earlier column
+        better = values > best
+        best = torch.where(better, values, best)
+        best_column = torch.where(better, column + start, best_column)
+    return rowwise_products(rows_hat, source, column_positions[best_column]) * column_scale[best_column]
+
+
+def rowwise_products(rows: torch.Tensor, source: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``rows[i] . source[positions[i]]`` in float32, ``[p]``, by one elementwise product and
+    row sum whose shape does not depend on any blocking.
+
+    A matrix product rounds an entry differently depending on the matrix's shape, so the
+    winners of a blocked search are recomputed here: the values that feed the merge weights
+    are then the same for every ``block_elements``.
+    """
+    return (rows * source.index_select(0, positions).float()).sum(dim=1)
 
 
 def padded_segments(
@@ -149,12 +199,17 @@ def max_cosine_within_windows(
     per_window = a_width * v_width + (a_width + v_width) * audio_hat.shape[1]
     windows = block_rows(n_windows, per_window, block_elements)
     gather = RowGatherer(source, windows * v_width)
+    winner = torch.zeros(n_audio + 1, dtype=torch.int64, device=device)  # video token index
     for start in range(0, n_windows, windows):
         sl = slice(start, start + windows)
         video = gather(video_positions[v_index[sl]])  # [w, V_max, D]
         sims = torch.bmm(audio_hat[a_index[sl]], video.transpose(1, 2))
         sims.mul_(video_scale[v_index[sl]].unsqueeze(1))
         sims.masked_fill_(~v_valid[sl].unsqueeze(1), float("-inf"))
-        best = sims.amax(dim=2)  # [w, A_max]
+        best, column = sims.max(dim=2)  # [w, A_max]; first maximum on ties
         out.scatter_(0, a_target[sl].flatten(), best.flatten())
-    return out[:n_audio]
+        winner.scatter_(0, a_target[sl].flatten(), torch.gather(v_index[sl], 1, column).flatten())
+    # The winners' cosines once more, independent of the window blocking (rowwise_products).
+    exact = rowwise_products(audio_hat, source, video_positions[winner[:n_audio]])
+    found = torch.isfinite(out[:n_audio])
+    return torch.where(found, exact * video_scale[winner[:n_audio]], out[:n_audio])

@@ -7,9 +7,14 @@ import torch
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def check_token_id(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int token id, got {type(value).__name__} {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 (as token ids do), got {value}")
 
 
 def check_inputs(
@@ -56,3 +61,21 @@ def check_inputs(
             )
         if not audio_scores.is_floating_point():
             raise TypeError(f"audio_scores must be floating point, got dtype {audio_scores.dtype}")
+
+
+def check_audio_scores(audio_scores: torch.Tensor | None, n_audio: int, audio_token_id: int) -> None:
+    """One finite score per audio token, once the layout is known (the finiteness check
+    synchronises once)."""
+    if n_audio and (audio_scores is None or audio_scores.numel() != n_audio):
+        got = "None" if audio_scores is None else f"{audio_scores.numel()} scores"
+        raise ValueError(
+            f"audio_scores must hold one score per audio token: the sequence has {n_audio} "
+            f"audio tokens (id {audio_token_id}), got {got}"
+        )
+    if not n_audio and audio_scores is not None and audio_scores.numel() != 0:
+        raise ValueError(
+            f"audio_scores has {audio_scores.numel()} scores but the sequence has no audio "
+            f"tokens (id {audio_token_id}); pass None or an empty tensor"
+        )
+    if n_audio and not bool(torch.isfinite(audio_scores).all()):
+        raise ValueError("audio_scores must be finite, got NaN or infinite values")

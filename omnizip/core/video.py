@@ -1,8 +1,10 @@
 """ISTC, interleaved spatio-temporal compression of video frames (SPEC 4 step 8).
 
-All frames of a resolution are handled as one batch: even frames (parity restarts in each
-chunk) are pruned spatially by DPC-kNN, odd frames temporally against the unpruned previous
-frame. Frames are gathered from the sequence embeddings in bounded blocks.
+All frames of a resolution are handled as one batch: even frames are pruned spatially by
+DPC-kNN, odd frames temporally against the unpruned previous frame. Parity is the frame's
+index in its chunk (``frame_parity="chunk"``, the reference) or in its interleaved
+audio-video stream (``"stream"``); :class:`~omnizip.core.layout.FrameTable` carries it.
+Frames are gathered from the sequence embeddings in bounded blocks.
 """
 
 from __future__ import annotations
