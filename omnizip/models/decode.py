@@ -38,14 +38,52 @@ class DecodeSession:
     mask, the part after the prompt is kept as given.
     """
 
-    def __init__(self, prompt_length: int, padding: torch.Tensor, n_dropped: torch.Tensor) -> None:
+    def __init__(
+        self,
+        prompt_length: int,
+        padding: torch.Tensor,
+        n_dropped: torch.Tensor,
+        rope_deltas: torch.Tensor | None = None,
+    ) -> None:
         self.prompt_length = prompt_length  # L
         self.padding = padding  # bool [B, L']
         self.n_dropped = n_dropped  # [B]
+        self.rope_deltas = rope_deltas  # [B, 1] as set on the model after the prefill
 
     @property
     def compressed_length(self) -> int:
         return int(self.padding.shape[1])
+
+    def resent_tokens(self, incoming: Any, positions: Any, past: int, new_tokens: int) -> int:
+        """How many leading tokens of this call the cache already holds: 0, or ``L - L'``.
+
+        ``generate`` continuing a cache with the whole conversation (another text turn after
+        a finished generation) slices off as many tokens as the cache holds, ``L - L'`` fewer
+        than the uncompressed conversation it stands for, so that many old tokens come
+        again. The caller's uncompressed numbering tells:
+
+        * a 2-D mask as wide as the cache plus this call's tokens (all tokens new would make
+          it ``L - L'`` columns wider);
+        * without one (``generate`` drops an all-ones mask), the position ids ``[1, B, n]``
+          it builds to continue a cache (text position + ``rope_deltas``): the first token
+          sits at the cache length, not ``L - L'`` after it.
+        """
+        dropped = self.prompt_length - self.compressed_length
+        if dropped <= 0 or new_tokens <= dropped:
+            return 0
+        if isinstance(incoming, torch.Tensor) and incoming.dim() == 2:
+            return dropped if incoming.shape[1] == past + new_tokens else 0
+        if (
+            isinstance(positions, torch.Tensor)
+            and positions.dim() == 3
+            and positions.shape[0] == 1
+            and self.rope_deltas is not None
+        ):
+            # the longest row has no padding: its text position is its column
+            row = int((self.padding.sum(1) + self.n_dropped.to(self.padding.device)).argmax())
+            first = positions[0, row, 0] - self.rope_deltas[row, 0].to(positions.device)
+            return dropped if abs(float(first) - past) < 0.5 else 0
+        return 0
 
     def attention_mask(self, incoming: Any, past: int, new_tokens: int, batch: int) -> torch.Tensor | None:
         """The 2-D ``[B, past + new_tokens]`` mask matching the compressed cache.
@@ -53,7 +91,8 @@ class DecodeSession:
         Args:
             incoming: the caller's mask: None, 2-D over the uncompressed prompt plus the tokens
                 after it (``L + past - L' + new_tokens`` long), 2-D already over the cache
-                (``past + new_tokens`` long), or a prepared 4-D/dict mask (static-cache
+                (``past + new_tokens`` long; a longer call that wide re-sends tokens the cache
+                holds, see :meth:`resent_tokens`), or a prepared 4-D/dict mask (static-cache
                 ``generate``; the generated part is then all ones, as ``generate`` builds it).
         Returns None when nothing is masked (so attention may use its causal fast path).
         """

@@ -4,6 +4,7 @@ masks, and the inputs of decode steps over a compressed cache (functions of tens
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,13 +14,20 @@ from .decode import DecodeSession
 from .frames import tokens_per_frame_from_grid, tokens_per_frame_from_positions
 
 __all__ = [
+    "TEXT_ID",
     "PrefillCall",
     "decode_inputs",
+    "filled_placeholders",
+    "fills_media",
+    "keyword_arguments",
     "position_rows",
     "prefill_mask",
     "tokens_per_frame",
     "video_grid",
 ]
+
+#: the id placeholders get when no encoder fills them in the call (the core keeps it as text)
+TEXT_ID = -1
 
 
 @dataclass
@@ -34,6 +42,49 @@ class PrefillCall:
     scores: list[torch.Tensor] = field(default_factory=list)  # pooled token scores per tower call
     score_seconds: float = 0.0  # wall time spent scoring audio (counted in the overhead)
 
+
+def keyword_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """A forward's positional arguments moved to keywords (its ``**kwargs`` flattened in)."""
+    bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+    extra = bound.pop("kwargs", None)
+    if extra:
+        bound.update(extra)
+    return bound
+
+
+def _fills(kwargs: dict) -> dict[str, bool]:
+    """Which placeholder kinds a ``thinker.model`` call fills with encoder features. The
+    model fills every placeholder of a kind or none (it checks that the counts match), so
+    placeholder ids of a kind whose encoder does not run are ordinary tokens."""
+    encoded = kwargs.get("mm_encoder_outputs") or {}
+    return {
+        "audio": kwargs.get("input_features") is not None,
+        "video": kwargs.get("pixel_values_videos") is not None or encoded.get("video") is not None,
+        "image": kwargs.get("pixel_values") is not None or encoded.get("image") is not None,
+    }
+
+
+def fills_media(kwargs: dict) -> bool:
+    """True when the call fills audio or video placeholders (what OmniZip compresses)."""
+    fills = _fills(kwargs)
+    return fills["audio"] or fills["video"]
+
+
+def filled_placeholders(ids: torch.Tensor, kwargs: dict, token_ids: dict[str, int]) -> torch.Tensor:
+    """``ids`` ``[B, L]`` with every placeholder that no encoder fills in this call turned
+    into :data:`TEXT_ID` (a new tensor): a placeholder id without media behind it is text.
+
+    Args:
+        ids: the call's token ids.
+        kwargs: the call's keyword arguments (which encoder inputs it carries).
+        token_ids: ``{"audio": id, "video": id, "image": id}`` placeholder ids.
+    """
+    fills = _fills(kwargs)
+    unfilled = torch.zeros_like(ids, dtype=torch.bool)
+    for kind, token in token_ids.items():
+        if not fills[kind]:
+            unfilled |= ids == token
+    return ids.masked_fill(unfilled, TEXT_ID)
 
 
 def position_rows(
@@ -112,19 +163,31 @@ def prefill_mask(given: Any, padding: torch.Tensor) -> torch.Tensor | None:
 
 
 def decode_inputs(kwargs: dict, past: int, session: DecodeSession) -> dict:
-    """Decode step over a compressed cache: mask (and text position row) to its layout."""
+    """A decode step, or another text turn, over a compressed cache: drop the leading tokens
+    the cache already holds (:meth:`DecodeSession.resent_tokens`), bring the mask and the
+    text-numbered position rows to the cache's layout."""
     ids = kwargs.get("input_ids")
     ref = ids if ids is not None else kwargs.get("inputs_embeds")
     if ref is None:
         return kwargs
     new = dict(kwargs)
+    mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
+    resent = session.resent_tokens(mask, pos, past, int(ref.shape[1]))
+    if resent:
+        for key in ("input_ids", "inputs_embeds"):
+            if isinstance(new.get(key), torch.Tensor):
+                new[key] = new[key][:, resent:]
+        if isinstance(pos, torch.Tensor):
+            pos = pos[..., resent:]
     new["attention_mask"] = session.attention_mask(
-        kwargs.get("attention_mask"), past, int(ref.shape[1]), int(ref.shape[0])
+        mask, past, int(ref.shape[1]) - resent, int(ref.shape[0])
     )
-    pos = kwargs.get("position_ids")
-    if isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape[0] == 4:
-        # the text row numbers tokens contiguously; the compressed prefill ended earlier
+    if isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape[0] in (1, 4):
+        # text-numbered rows (generate's plain text row in front of M-RoPE, or the text
+        # positions + rope_deltas it builds to continue a cache) count the dropped prompt
+        # tokens; the compressed prefill ended earlier
         pos = pos.clone()
         pos[0] = pos[0] - session.n_dropped.to(pos.device, pos.dtype)[:, None]
+    if pos is not None:
         new["position_ids"] = pos
     return new

@@ -5,10 +5,10 @@ Where the hooks sit (module paths of ``Qwen2_5OmniThinkerForConditionalGeneratio
 
 ====================================  =======================================================
 ``thinker`` (pre)                     refuse ``labels`` (a loss over a compressed sequence)
-``thinker.model`` (pre)               start of every call: remember the ids and padding of a
-                                      prefill; on decode steps over a compressed cache,
-                                      rewrite the attention mask (and the text position row)
-                                      to the compressed layout (SPEC 5)
+``thinker.model`` (pre)               prefill: remember the padding and the ids the encoders
+                                      fill (stray placeholders are text); decode steps and
+                                      text turns on a compressed cache: drop re-sent tokens,
+                                      mask and text positions to the compressed layout
 ``thinker.model.visual`` (pre)        remember ``grid_thw`` (tokens-per-frame fallback)
 ``thinker.model.audio_tower`` (pre)   frames per audio stream (``feature_lens``)
 ``audio_tower.layers[-1].self_attn``  its input after the pre-attention LayerNorm: recompute
@@ -54,6 +54,9 @@ from .frames import padding_mask_2d
 from .prefill import (
     PrefillCall,
     decode_inputs,
+    filled_placeholders,
+    fills_media,
+    keyword_arguments,
     position_rows,
     prefill_mask,
     tokens_per_frame,
@@ -107,6 +110,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         #: the method's own hooks (a no-op :class:`MethodHooks` when it needs none)
         self.hooks: MethodHooks = MethodHooks()
         self._signature = inspect.signature(self.inner.forward)
+        self._thinker_signature = inspect.signature(self.thinker.forward)
         self._call: PrefillCall | None = None
         self._pending: DecodeSession | None = None
         # cache object -> decode bookkeeping; weak keys: a finished generation frees its entry
@@ -197,14 +201,11 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         self._sessions = weakref.WeakKeyDictionary()
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _on_thinker(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """Refuse a loss: labels are laid out over the uncompressed sequence."""
-        if kwargs.get("labels") is None:
-            return None
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None or bool(
-            ((ids == self.audio_token_id) | (ids == self.video_token_id)).any()
-        ):
+    def _on_thinker(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
+        """Refuse a loss over media: labels are laid out over the uncompressed sequence."""
+        if args:
+            kwargs = keyword_arguments(self._thinker_signature, args, kwargs)
+        if kwargs.get("labels") is not None and fills_media(kwargs):
             raise ValueError(
                 "labels: OmniZip compresses the prompt, so a loss over `labels` is not "
                 "supported while the model is patched (call handle.remove() for training)"
@@ -214,10 +215,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
     def _on_model(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
         """Start of ``thinker.model``: prefill bookkeeping, or decode mask translation."""
         if args:  # move positional arguments to keywords once, so later lookups are uniform
-            kwargs = dict(self._signature.bind_partial(*args, **kwargs).arguments)
-            extra = kwargs.pop("kwargs", None)
-            if extra:
-                kwargs.update(extra)
+            kwargs = keyword_arguments(self._signature, args, kwargs)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache_length(cache)
         if past == 0:
@@ -227,13 +225,11 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         session = self._sessions.get(cache) if cache is not None else None
         if session is None:
             return ((), kwargs) if args else None
-        ids = kwargs.get("input_ids")
-        if ids is not None and bool(
-            ((ids == self.audio_token_id) | (ids == self.video_token_id)).any()
-        ):
+        if fills_media(kwargs):  # another text turn may continue the compressed cache
             raise ValueError(
-                "input_ids: new audio/video tokens on top of a compressed cache (chunked "
-                "prefill, or a later turn with media) are not supported; start a fresh prefill"
+                "input_features/pixel_values_videos: new audio/video on top of a compressed "
+                "cache (chunked prefill, or a later turn with media) is not supported; start a "
+                "fresh prefill"
             )
         return (), decode_inputs(kwargs, past, session)
 
@@ -310,7 +306,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         new_kwargs.update(self._extra_decoder_inputs(kwargs, batch))
         # callers that decode without position_ids continue from the cache length + rope_deltas
         self.inner.rope_deltas = batch.rope_deltas
-        self._pending = DecodeSession(length, batch.padding, batch.n_dropped)
+        self._pending = DecodeSession(length, batch.padding, batch.n_dropped, batch.rope_deltas)
         self._forget(cache)
         self.handle._record(
             batch.results, batch.kept_indices, batch.audio_scores, started, (before, after),
@@ -343,7 +339,9 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
     def _begin_decode(self, prompt_length: int, layout: Repadded) -> None:
         """A prefill of ``prompt_length`` slots was pruned to ``layout`` (in the decoder)."""
         self.inner.rope_deltas = layout.rope_deltas
-        self._pending = DecodeSession(prompt_length, layout.padding, layout.n_dropped)
+        self._pending = DecodeSession(
+            prompt_length, layout.padding, layout.n_dropped, layout.rope_deltas
+        )
 
     def _side_feature_layers(self) -> int:
         """Decoder layers after which the family adds side features (none here)."""
@@ -371,6 +369,10 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
             return None
         bsz, length = ids.shape
         padding = padding_mask_2d(kwargs.get("attention_mask"), bsz, length, ids.device)
+        # only the placeholders the encoders fill in this call are media (stray ids are text)
+        ids = filled_placeholders(ids, kwargs, {"audio": self.audio_token_id,
+                                                "video": self.video_token_id,
+                                                "image": self.image_token_id})
         sizes = None
         video_out = (kwargs.get("mm_encoder_outputs") or {}).get("video")
         pooled = getattr(video_out, "pooler_output", None)

@@ -25,6 +25,12 @@ three overrides:
 :attr:`~Qwen3OmniAdapter.layout`
     The layout decision below (``frame_parity="stream"``), as data the methods apply
     (:meth:`omnizip.method.CompressionMethod.for_model`).
+MoE load-balancing loss (``output_router_logits=True``)
+    The thinker computes it with the caller's attention mask, which covers the uncompressed
+    prompt while the router logits cover the kept tokens only. On a prefill that may be
+    compressed the thinker's own loss gets no mask (``thinker.model`` gets it back) and the
+    loss is computed after the thinker, by transformers' own function, over the tokens the
+    decoder ran and the compressed batch's padding mask (:meth:`~Qwen3OmniAdapter._after_thinker`).
 
 Position ids and ``rope_deltas`` are floating point here (the temporal ids of video frames are
 ``t * second_per_grid * 13``); the shared batch code keeps their dtype.
@@ -66,6 +72,7 @@ tokens, one second of Qwen3-Omni audio, unless set explicitly.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 import torch
@@ -73,6 +80,9 @@ import torch
 from ..method import FamilyLayout
 from .batch import gather_tokens, select_flat
 from .context import LayerFeatures
+from .decode import cache_length
+from .frames import padding_mask_2d
+from .prefill import fills_media, keyword_arguments
 from .qwen2_5_omni import Qwen2_5OmniAdapter
 
 __all__ = ["Qwen3OmniAdapter"]
@@ -115,6 +125,72 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
     def __init__(self, model: torch.nn.Module, handle: Any) -> None:
         super().__init__(model, handle)
         self.n_window = int(getattr(self.audio_tower, "n_window", 50))
+        # load-balancing loss of a prefill: the caller's mask held back from the thinker's
+        # own loss, and the mask the decoder got
+        self._router_mask: torch.Tensor | None = None
+        self._decoder_mask: Any = None
+
+    def attach(self) -> None:
+        # first of thinker.model's pre-hooks: it hands back the mask held back from the loss
+        self._pre_hook(self.inner, self._restore_router_mask)
+        super().attach()
+        # after the compression pre-hook: it sees the mask the decoder gets
+        self._pre_hook(self.decoder, self._note_decoder_mask)
+        self._post_hook(self.thinker, self._after_thinker, always_call=True)
+
+    def detach(self) -> None:
+        super().detach()
+        self._router_mask = None
+        self._decoder_mask = None
+
+    # -- MoE load-balancing loss ---------------------------------------------------------------
+    def _on_thinker(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
+        """Labels as for Qwen2.5-Omni. With router logits asked for on a prefill with media,
+        hold the caller's mask back from the thinker's load-balancing loss (it covers the
+        uncompressed prompt, the router logits the kept tokens): ``thinker.model`` gets it
+        back, and :meth:`_after_thinker` computes the loss."""
+        super()._on_thinker(module, args, kwargs)
+        if args:
+            kwargs = keyword_arguments(self._thinker_signature, args, kwargs)
+        wants = kwargs.get("output_router_logits")
+        if wants is None:
+            wants = getattr(self.thinker.config.get_text_config(), "output_router_logits", False)
+        mask = kwargs.get("attention_mask")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if not wants or mask is None or cache_length(cache) or not fills_media(kwargs):
+            return ((), kwargs) if args else None
+        self._router_mask = mask
+        return (), {**kwargs, "attention_mask": None}
+
+    def _restore_router_mask(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
+        if self._router_mask is None or kwargs.get("attention_mask") is not None:
+            return None
+        return args, {**kwargs, "attention_mask": self._router_mask}
+
+    def _note_decoder_mask(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self._router_mask is not None:
+            self._decoder_mask = kwargs.get("attention_mask")
+        return None
+
+    def _after_thinker(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        """``aux_loss`` over the tokens the decoder ran: transformers' own load-balancing
+        loss with the decoder's padding mask (the caller's mask when nothing was dropped, so
+        the loss is the unpatched one)."""
+        caller, self._router_mask = self._router_mask, None
+        decoder, self._decoder_mask = self._decoder_mask, None
+        logits = getattr(output, "router_logits", None)
+        if caller is None or getattr(output, "aux_loss", None) is None or not logits:
+            return None
+        if self.method.in_decoder_layer is not None:
+            return None  # pruned inside the decoder: layers saw different tokens, no one mask
+        rows, bsz = int(logits[0].shape[0]), int(caller.shape[0])
+        if caller.dim() == 2 and rows == caller.numel():
+            mask = caller
+        else:
+            mask = padding_mask_2d(decoder, bsz, rows // bsz, logits[0].device).long()
+        loss = sys.modules[type(self.thinker).__module__].load_balancing_loss_func
+        output.aux_loss = loss(logits, self.thinker.num_experts, self.thinker.num_experts_per_tok, mask)
+        return output
 
     def _stream_frames(self, feature_lens: torch.Tensor) -> torch.Tensor:
         """Last-layer frames per audio stream: per ``2 * n_window`` mel-frame chunk, the conv
