@@ -1,0 +1,64 @@
+"""A vLLM server refuses an invalid OmniZip setting at start-up, with a clear message.
+
+Two doors: ``make serve`` / scripts/vllm_serve.py checks the settings before vLLM loads
+anything (one line on stderr, exit status 2), and a plain vLLM server started with OmniZip
+``--hf-overrides`` by hand stops in the plugin (non-zero exit, the reason in its log).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from vllm_server.harness import run_launcher, run_to_exit, vllm_python
+
+QWEN2_5_ARCH = "OmniZipQwen2_5OmniForConditionalGeneration"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from omnizip.vllm.checkpoint import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2.5-omni"), "qwen2.5-omni")
+
+
+@pytest.mark.parametrize(("args", "field", "wrong"), [
+    (["--preset", "99"], "preset", "'99'"),
+    (["--omnizip-config", '{"rho_video": 1.5}'], "rho_video", "1.5"),
+    (["--omnizip-config", '{"budget": "reference"}'], "budget", "'reference'"),
+    (["--omnizip-config", '{"rho_v": 0.5}'], "rho_v", "rho_v"),
+    (["--omnizip-config", "[0.5]"], "--omnizip-config", "[0.5]"),
+])
+def test_launcher_refuses_a_bad_setting_in_one_line(checkpoint, args, field, wrong):
+    result = run_launcher(["--model", str(checkpoint), *args], timeout=300)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vllm_serve: error: ")
+    assert field in lines[0] and wrong in lines[0]
+    assert result.stdout == ""  # nothing was started
+
+
+def test_launcher_refuses_a_folder_without_a_config(tmp_path):
+    result = run_launcher(["--model", str(tmp_path)], timeout=300)
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"vllm_serve: error: --model: {tmp_path} has no config.json"
+
+
+def test_plain_vllm_server_with_a_bad_omnizip_override_exits_with_the_reason(checkpoint):
+    overrides = {"architectures": [QWEN2_5_ARCH], "omnizip": {"rho_video": 1.5}}
+    cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model",
+           str(checkpoint), "--port", "0", "--enforce-eager", "--hf-overrides", json.dumps(overrides)]
+    try:
+        result = run_to_exit(cmd, timeout=600)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a server that started anyway
+        pytest.fail("the server started with rho_video=1.5 instead of refusing it")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    reason = [line for line in output.splitlines() if "rho_video" in line and "1.5" in line]
+    assert reason, output[-3000:]
+    print(reason[-1], file=sys.stderr)
