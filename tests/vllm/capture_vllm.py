@@ -65,9 +65,8 @@ def main() -> None:
         spec = json.load(fh)
     from vllm import LLM, SamplingParams
 
-    from omnizip.vllm import hf_overrides, register
-
-    register()  # the entry point does the same in every process; idempotent
+    # the plugin comes in through its entry point (vllm.general_plugins), as on a server
+    from omnizip.vllm import hf_overrides
 
     started = time.time()
     llm = LLM(
