@@ -113,11 +113,17 @@ def test_second_question_on_the_same_video_reuses_the_cached_prefix(server, clie
     assert prefix // block * block > 0
 
 
-def test_clip_longer_than_the_context_is_refused_and_the_server_keeps_serving(server, client, media):
+def test_clip_longer_than_the_context_is_refused_and_the_server_keeps_serving(
+        server, client, checkpoint, media):
+    clip = media / "long_40s.mp4"
     with pytest.raises(openai.BadRequestError) as err:
-        _ask(client, (media / "long_40s.mp4").as_uri(), QUESTION)
+        _ask(client, clip.as_uri(), QUESTION)
+
+    expected = _expected_prompt_tokens(server, uncompressed_layout(checkpoint, clip, QUESTION))
+    assert expected > MAX_MODEL_LEN
     assert err.value.status_code == 400
-    assert str(MAX_MODEL_LEN) in str(err.value)
+    # the refusal names the (compressed, with OmniZip) prompt length and the limit
+    assert f"(length {expected}) is longer than the maximum model length of {MAX_MODEL_LEN}" in str(err.value)
     assert server.healthy()
     assert _ask(client, (media / "demo_clip.mp4").as_uri(), QUESTION).usage.completion_tokens >= 1
 
