@@ -1,15 +1,17 @@
-"""Run OmniZip requests through vLLM in-process and record what its decoder sees.
+"""Run OmniZip requests through vLLM and record what its decoder sees, on every rank.
 
 Runs in the vLLM environment (``.venv-vllm``), driven by tests/test_vllm_equivalence.py from
 the main environment: ``python capture_vllm.py SPEC.json OUT.pt``. One engine start serves every
-request of the spec. For each single request it records the decoder's prefill inputs (M-RoPE
-positions and input embeddings of every prefill chunk, concatenated), the prompt length, the
-cached-prefix length and the first generated tokens with their logprobs; a "batch" entry sends
-several requests at once and records their outputs.
+request of the spec; the plugin is loaded through its ``vllm.general_plugins`` entry point.
+Functions sent to the workers (``collective_rpc``) record, per request and per rank, the media
+encoder's outputs (kept tokens with their position channels) and the decoder's prefill inputs
+(M-RoPE positions and input embeddings of every prefill chunk); the driver adds the prompt
+length, the cached-prefix length and the first generated tokens with their logprobs. A "batch"
+entry sends several requests at once and records their outputs.
 
 Spec: ``{"model": dir, "omnizip": {...}, "max_num_batched_tokens": int,
-"requests": [{"name", "prompt", "frames"?: npz, "audio"?: npz, "use_audio_in_video": bool}],
-"batch": [names], "max_tokens": int}``.
+"tensor_parallel_size": int, "requests": [{"name", "prompt", "frames"?: npz, "audio"?: npz,
+"use_audio_in_video": bool, "salt"?: str}], "batch": [names], "max_tokens": int}``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: hooks see the model
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # single rank: one process
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np
@@ -60,9 +62,60 @@ def _result(output) -> dict:
     }
 
 
+def _install_capture(worker) -> bool:
+    """On a worker: record the decoder's inputs and the media encoder's outputs."""
+    model = worker.model_runner.get_model()
+    model._omnizip_capture = {"decoder": [], "media": []}
+
+    def on_forward(module, args, kwargs):
+        # the top-level model: the decoder inside is wrapped by vLLM's compile decorator, whose
+        # __call__ bypasses module hooks
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and positions is not None:
+            model._omnizip_capture["decoder"].append((positions.detach().cpu().clone(), embeds.detach().cpu().clone()))
+
+    model.register_forward_pre_hook(on_forward, with_kwargs=True)
+    encode = model.embed_multimodal
+
+    def embed_multimodal(**kwargs):
+        out = encode(**kwargs)
+        model._omnizip_capture["media"].extend(o.detach().cpu().clone() for o in out)
+        return out
+
+    model.embed_multimodal = embed_multimodal
+    return True
+
+
+def _drain_capture(worker) -> dict:
+    model = worker.model_runner.get_model()
+    data, model._omnizip_capture = model._omnizip_capture, {"decoder": [], "media": []}
+    return data
+
+
+def _prefill(decoder: list, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """The prefill chunks' (positions, embeddings) until ``n`` prompt tokens are covered."""
+    pos, emb, steps = [], [], 0
+    for positions, embeds in decoder:
+        if steps >= n:
+            break
+        pos.append(positions)
+        emb.append(embeds)
+        steps += embeds.shape[0]
+    if not pos:
+        return None, None, 0
+    return torch.cat(pos, dim=-1), torch.cat(emb, dim=0), len(pos)
+
+
 def main() -> None:
     with open(sys.argv[1]) as fh:
         spec = json.load(fh)
+    tp = int(spec.get("tensor_parallel_size", 1))
+    if tp > 1:
+        # several CPU workers: one core each (vLLM refuses to share one NUMA node otherwise);
+        # the capture functions are sent to the worker processes
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(tp)))
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     from vllm import LLM, SamplingParams
 
     # the plugin comes in through its entry point (vllm.general_plugins), as on a server
@@ -81,43 +134,28 @@ def main() -> None:
         enable_prefix_caching=True,
         limit_mm_per_prompt={"video": 1, "audio": 1, "image": 0},
         gpu_memory_utilization=0.05,
+        tensor_parallel_size=tp,
+        distributed_executor_backend="mp" if tp > 1 else None,
         seed=0,
     )
     startup = time.time() - started
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def install(model):
-        def hook(module, args, kwargs):
-            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is not None and positions is not None:
-                captured.append((positions.detach().cpu().clone(), embeds.detach().cpu().clone()))
-
-        # the top-level model (the decoder inside is wrapped by vLLM's compile decorator,
-        # whose __call__ bypasses module hooks)
-        model.register_forward_pre_hook(hook, with_kwargs=True)
-
-    # in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0): the worker's model object itself
-    core = llm.llm_engine.engine_core.engine_core
-    install(core.model_executor.driver_worker.worker.model_runner.get_model())
+    llm.collective_rpc(_install_capture)
     params = SamplingParams(max_tokens=spec.get("max_tokens", 3), temperature=0.0, logprobs=5)
     requests = {r["name"]: r for r in spec["requests"]}
-    results: dict = {"startup_s": startup, "single": {}, "batch": {}}
+    results: dict = {"startup_s": startup, "single": {}, "batch": {}, "ranks": {}}
     for name, req in requests.items():
-        captured.clear()
+        llm.collective_rpc(_drain_capture)
         output = llm.generate([_request(req)], params, use_tqdm=False)[0]
         res = _result(output)
-        n, pos, emb, steps = res["prompt_len"] - res["cached"], [], [], 0
-        for positions, embeds in captured:  # prefill chunks until the prompt is covered
-            if steps >= n:
-                break
-            pos.append(positions)
-            emb.append(embeds)
-            steps += embeds.shape[0]
-        res["positions"] = torch.cat(pos, dim=-1) if pos else None
-        res["embeds"] = torch.cat(emb, dim=0) if emb else None
-        res["prefill_chunks"] = len(pos)
+        per_rank = llm.collective_rpc(_drain_capture)
+        n = res["prompt_len"] - res["cached"]
+        res["positions"], res["embeds"], res["prefill_chunks"] = _prefill(per_rank[0]["decoder"], n)
         results["single"][name] = res
+        # every rank's view: the media encoder's outputs (kept tokens + position channels)
+        # and the decoder's prefill inputs
+        results["ranks"][name] = [
+            {"media": r["media"], "decoder": _prefill(r["decoder"], n)[:2]} for r in per_rank
+        ]
     if spec.get("batch"):
         outputs = llm.generate([_request(requests[n], f"batch-{n}") for n in spec["batch"]], params, use_tqdm=False)
         results["batch"] = {n: _result(o) for n, o in zip(spec["batch"], outputs, strict=True)}
