@@ -15,6 +15,13 @@ encoders are vLLM's; what changes is what the encoders hand to the decoder.
   :meth:`recompute_mrope_positions` (``SupportsMultiModalPruning``) adds the kept tokens'
   relative positions once the encoder has decided, and strips the channels.
 
+Scope of a decision: one media item (a video with its own audio, a video, a standalone audio).
+For a prompt with one such item this is exactly the Hugging Face patch's decision (which runs
+over the whole prompt); for a prompt with several items the patch would also pair windows and
+score merges across items, while vLLM decides per item: that keeps each item's compressed
+tokens independent of the rest of the prompt, which is what lets vLLM cache them (encoder cache,
+prefix cache). Images are not compressed (as in the patch).
+
 The decision of an item depends only on that item's media and the server's configuration: each
 item is encoded alone (never batched with other requests' items, so even float blocking cannot
 differ), the core is deterministic, and nothing reads the batch, the schedule, the prefill chunk
