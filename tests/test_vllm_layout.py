@@ -81,6 +81,9 @@ CASES = {
     "av": (4.0, 4.0, True),
     "video_longer": (6.0, 3.0, True),
     "audio_longer": (3.0, 5.0, True),
+    # same number of 2-s chunks, the audio ends before the last frame's time: text continues
+    # after the last audio chunk, below the block's largest position
+    "audio_ends_in_last_chunk": (4.0, 2.6, True),
     "video_only": (4.0, None, False),
     "audio_only": (None, 3.0, False),
 }

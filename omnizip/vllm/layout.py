@@ -68,8 +68,18 @@ class MediaBlock:
 
     @property
     def extent(self) -> int:
-        """Position ids the block spans: the token after it is at ``base + extent``."""
-        return int(self.rel_positions.max()) + 1 if self.ids.numel() else 0
+        """Where the text after the block continues: ``base + extent``.
+
+        transformers continues after the *last piece* of the block (its trailing run of one
+        modality: the last audio or video chunk), not after the block's overall maximum; the
+        two differ e.g. when a video outlasts its audio inside the last chunk.
+        """
+        n = self.ids.numel()
+        if n == 0:
+            return 0
+        differs = torch.nonzero(self.ids != self.ids[-1]).flatten()
+        tail = int(differs[-1]) + 1 if differs.numel() else 0
+        return int(self.rel_positions[:, tail:].max()) + 1
 
 
 def video_rel_positions(
