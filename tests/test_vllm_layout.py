@@ -210,3 +210,68 @@ def test_server_settings_and_overrides():
     assert OmniZipConfig.from_dict(json.loads(json.dumps(overrides["omnizip"]))) == OmniZipConfig.preset("45", budget="exact")
     with pytest.raises(ValueError, match="model_type_or_family"):
         hf_overrides("llava", None)
+
+
+# ------------------------------------------------------------------ Qwen3-Omni (layout only)
+Q3_AUDIO, Q3_VIDEO = 151675, 151656
+
+
+def _q3_audio_tokens(feature_length: int, n_window: int = 50) -> int:
+    chunk = 2 * n_window
+    tail = feature_length % chunk
+    frames = (tail - 1) // 2 + 1
+    return ((frames - 1) // 2 + 1 - 1) // 2 + 1 + (feature_length // chunk) * 13
+
+
+Q3_CASES = {
+    "av": (4.0, 4.0, True),
+    "video_longer": (5.0, 2.5, True),
+    "audio_longer": (3.0, 4.5, True),
+    "video_only": (4.0, None, False),
+    "audio_only": (None, 3.0, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(Q3_CASES))
+def test_qwen3_timeline_blocks_and_positions_equal_transformers(case):
+    """Qwen3-Omni's time-merged layout (:func:`timeline_block`) is its processor's token order
+    and, with its start/end markers counted as text (they take consecutive positions there),
+    the positions are ``get_rope_index``'s."""
+    from omnizip.demo.processor import build_offline_qwen3_omni_processor
+    from omnizip.demo.tiny_model import build_tiny_qwen3_omni_thinker
+    from omnizip.vllm.layout import timeline_block
+
+    processor = build_offline_qwen3_omni_processor(max_pixels=128 * 128, min_pixels=64 * 64)
+    thinker = build_tiny_qwen3_omni_thinker(seed=0)
+    video_s, audio_s, uav = Q3_CASES[case]
+    items = []
+    if video_s is not None:
+        audio = synthetic_speech(audio_s, 1.5, seed=1) if uav else None
+        items.append({"type": "video", "video": synthetic_frames(video_s, seed=0, width=128, height=128),
+                      "audio": audio})
+    else:
+        items.append({"type": "audio", "audio": synthetic_speech(audio_s, 1.5, seed=1)})
+    items.append({"type": "text", "text": "What happens?"})
+    inputs, ids, audio_lens, hf_positions, hf_delta = _hf_case(processor, thinker, items, uav)
+    grid = inputs.get("video_grid_thw")
+    if grid is not None:
+        t, h, w = grid[0].tolist()
+        spg = float(inputs["video_second_per_grid"][0])
+        assert float(spg * 13).is_integer()  # vLLM positions are integers; transformers' floats
+        pos = video_rel_positions(t, h // 2, w // 2, spg, 13)
+        if uav:
+            block = timeline_block(pos, (h // 2) * (w // 2), _q3_audio_tokens(int(audio_lens[0])),
+                                   audio_token_id=Q3_AUDIO, video_token_id=Q3_VIDEO)
+        else:
+            block = video_block(pos, (h // 2) * (w // 2), Q3_VIDEO)
+    else:
+        block = audio_block(_q3_audio_tokens(int(audio_lens[0])), Q3_AUDIO)
+    media = (ids == Q3_AUDIO) | (ids == Q3_VIDEO)
+    start = int(media.nonzero()[0])
+    length = block.ids.numel()
+    assert int(media.sum()) == length
+    assert torch.equal(ids[start : start + length], block.ids)
+    spec = BlockSpec(start, length, block.extent, exact=block.rel_positions)
+    positions, delta = prompt_positions(ids.numel(), [spec])
+    assert torch.equal(positions.float(), hf_positions)
+    assert delta == int(hf_delta)

@@ -34,6 +34,7 @@ __all__ = [
     "encode_positions",
     "joint_block",
     "kept_counts",
+    "timeline_block",
     "video_block",
     "video_rel_positions",
 ]
@@ -147,6 +148,38 @@ def joint_block(
     ids = torch.where(is_audio.bool(), audio_token_id, video_token_id)[order]
     return MediaBlock(
         ids=ids,
+        rel_positions=positions[:, order].contiguous(),
+        video_index=slot_of[:n_video],
+        audio_index=slot_of[n_video:],
+        tokens_per_frame=tokens_per_frame,
+    )
+
+
+def timeline_block(
+    video_pos: torch.Tensor,
+    tokens_per_frame: int,
+    n_audio: int,
+    *,
+    audio_token_id: int,
+    video_token_id: int,
+) -> MediaBlock:
+    """A video with its own audio, merged by time as Qwen3-Omni's processor does it.
+
+    Every video token goes at its temporal position id, every audio token at its index (one
+    position id per audio token); the two streams are merged in time order, a video token
+    before an audio token of the same time. So each temporal grid step is followed by the
+    audio up to the next one; video left after the audio ends (or audio after the video)
+    follows as one run. Positions as in :func:`joint_block`.
+    """
+    n_video = video_pos.shape[1]
+    positions = torch.cat([video_pos, torch.arange(n_audio).view(1, -1).expand(3, -1)], dim=1)
+    time = torch.cat([video_pos[0], torch.arange(n_audio)])
+    is_audio = torch.cat([torch.zeros(n_video, dtype=torch.int64), torch.ones(n_audio, dtype=torch.int64)])
+    order = torch.sort(time * 2 + is_audio, stable=True).indices
+    slot_of = torch.empty_like(order)
+    slot_of[order] = torch.arange(order.numel())
+    return MediaBlock(
+        ids=torch.where(is_audio.bool(), audio_token_id, video_token_id)[order],
         rel_positions=positions[:, order].contiguous(),
         video_index=slot_of[:n_video],
         audio_index=slot_of[n_video:],
