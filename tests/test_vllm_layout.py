@@ -185,10 +185,10 @@ def test_chunked_filling_equals_positions_computed_at_once():
     for start in range(0, n, 16):  # chunks of 16 prompt tokens
         lo, hi = max(start - 7, 0), min(start + 16 - 7, k)
         chunk = [embeds[lo:hi]] if hi > lo else []
-        out, positions = fill_slot_positions(ids, positions, chunk, start, [IMAGE, VIDEO, AUDIO], hidden)
+        out, positions = fill_slot_positions(ids, positions, chunk, start, [IMAGE, VIDEO, AUDIO], (hidden,))
         assert all(e.shape[-1] == hidden for e in out)
     assert torch.equal(positions, expected)
-    _, again = fill_slot_positions(ids, positions, [embeds], 0, [IMAGE, VIDEO, AUDIO], hidden)
+    _, again = fill_slot_positions(ids, positions, [embeds], 0, [IMAGE, VIDEO, AUDIO], (hidden,))
     assert torch.equal(again, expected)
 
 

@@ -26,14 +26,19 @@ class AudioScorer:
     """Scores the audio of one encoder call at a time.
 
     Args:
-        attention: the last audio-encoder layer's attention (``q_proj``, ``k_proj``,
-            ``num_heads``, ``scaling``); a forward pre-hook is registered on it.
+        attention: the last audio-encoder layer's attention: transformers' (``q_proj``,
+            ``k_proj``, ``num_heads``, ``scaling``; Qwen2.5-Omni) or vLLM's (``qkv_proj``,
+            ``num_local_heads``, ``head_dim``, ``scaling``; Qwen3-Omni); a forward pre-hook is
+            registered on it.
         config: the server's OmniZip configuration (``audio_score``, ``block_elements``).
         pool: encoder frames per LLM audio token (2 for Qwen2.5-Omni, 1 for Qwen3-Omni).
     """
 
     def __init__(self, attention: torch.nn.Module, config: OmniZipConfig, pool: int) -> None:
-        for attr in ("q_proj", "k_proj", "num_heads", "scaling"):
+        needed = ("qkv_proj", "num_local_heads", "num_heads", "scaling") if hasattr(
+            attention, "qkv_proj"
+        ) else ("q_proj", "k_proj", "num_heads", "scaling")
+        for attr in needed:
             if not hasattr(attention, attr):
                 raise ValueError(f"omnizip: the last audio attention layer has no `{attr}`")
         self.attention = attention
@@ -88,10 +93,8 @@ class AudioScorer:
                 f"omnizip: the last audio layer sees {frames} frames, the streams hold "
                 f"{int(streams.sum())}"
             )
-        heads = int(module.num_heads)
         with torch.no_grad():
-            query = module.q_proj(hidden).reshape(frames, heads, -1)
-            key = module.k_proj(hidden).reshape(frames, heads, -1)
+            query, key, sharded = self._query_key(module, hidden)
             frame_scores = audio_attention_scores(
                 query,
                 key,
@@ -101,5 +104,28 @@ class AudioScorer:
                 scale=float(module.scaling),
                 block_elements=self.config.block_elements,
             )
+            if sharded:
+                # tensor parallelism split the heads: the attention received sums over all heads,
+                # so add the ranks' partial sums (an all-reduce gives every rank the same result)
+                from vllm.distributed import tensor_model_parallel_all_reduce
+
+                frame_scores = tensor_model_parallel_all_reduce(frame_scores)
             self._scores.append(pool_audio_scores(frame_scores, streams, pool=self.pool))
         return None
+
+    @staticmethod
+    def _query_key(module: Any, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(query, key) ``[T, H_local, Dh]`` of the layer's input, and whether the heads are
+        split over tensor-parallel ranks."""
+        frames = hidden.shape[0]
+        if hasattr(module, "qkv_proj"):  # vLLM's packed projection (possibly head-sharded)
+            qkv = module.qkv_proj(hidden)
+            qkv = qkv[0] if isinstance(qkv, tuple) else qkv
+            query, key, _ = qkv.chunk(3, dim=-1)
+            heads = int(module.num_local_heads)
+            sharded = heads != int(module.num_heads)
+            return query.reshape(frames, heads, -1), key.reshape(frames, heads, -1), sharded
+        heads = int(module.num_heads)
+        query = module.q_proj(hidden).reshape(frames, heads, -1)
+        key = module.k_proj(hidden).reshape(frames, heads, -1)
+        return query, key, False

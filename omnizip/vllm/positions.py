@@ -98,7 +98,7 @@ def fill_slot_positions(
     embeddings: Sequence[torch.Tensor],
     num_computed_tokens: int,
     slot_token_ids: Sequence[int],
-    hidden_size: int,
+    feature_widths: Sequence[int],
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Write the kept tokens' positions and strip their position channels.
 
@@ -107,10 +107,11 @@ def fill_slot_positions(
         positions: int64 ``[3, N]`` from :func:`prompt_positions` (not modified).
         embeddings: the media embeddings of this prefill step, in prompt order, filling the
             placeholder slots at and after ``num_computed_tokens`` one after the other
-            (``[n_i, hidden]`` for uncompressed items, ``[n_i, hidden + POSITION_CHANNELS]``
-            for compressed ones).
+            (``[n_i, W]`` for uncompressed items, ``[n_i, W + POSITION_CHANNELS]`` for
+            compressed ones).
         slot_token_ids: the placeholder token ids (image, video, audio).
-        hidden_size: the decoder's hidden size.
+        feature_widths: the widths ``W`` media embeddings have for the decoder (its hidden
+            size; video on Qwen3-Omni adds DeepStack features).
 
     Returns:
         (embeddings without the channels, new ``[3, N]`` positions). A slot's position is its
@@ -130,16 +131,16 @@ def fill_slot_positions(
     out: list[torch.Tensor] = []
     cursor = 0
     for emb in embeddings:  # one entry per media item in this step (never per token)
-        n = emb.shape[0]
-        if emb.shape[-1] == hidden_size + POSITION_CHANNELS:
+        n, width = emb.shape[0], emb.shape[-1] - POSITION_CHANNELS
+        if width in feature_widths:
             where = slots[cursor : cursor + n]
             if where.numel() != n:
                 raise RuntimeError(
                     f"omnizip: {n} compressed media embeddings for {where.numel()} prompt slots"
                 )
-            rel = decode_positions(emb[:, hidden_size:]).to(positions.device)
+            rel = decode_positions(emb[:, width:]).to(positions.device)
             new_positions[:, where] = base[where].view(1, -1) + rel
-            emb = emb[:, :hidden_size]
+            emb = emb[:, :width]
         cursor += n
         out.append(emb)
     return out, new_positions
