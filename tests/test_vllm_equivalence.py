@@ -60,10 +60,10 @@ def vllm_python() -> str:
     return str(python)
 
 
-def _save_checkpoint(path: Path) -> Path:
+def _save_checkpoint(path: Path, family: str = "qwen2.5-omni") -> Path:
     from omnizip.vllm.checkpoint import save_tiny_checkpoint
 
-    return Path(save_tiny_checkpoint(path, family="qwen2.5-omni", seed=0))
+    return Path(save_tiny_checkpoint(path, family=family, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +140,20 @@ def cases(media: dict) -> dict:
 BATCH = ["av_long", "av", "audio", "text"]
 
 
-def _load_hf_thinker(ckpt: Path):
-    """The checkpoint's thinker in transformers (the full model's loader wants the talker's
-    speaker file, which a thinker-only checkpoint does not have)."""
+def _load_hf_thinker(ckpt: Path, family: str = "qwen2.5-omni"):
+    """The checkpoint's thinker in transformers 5.2x (float32, eval)."""
+    from transformers import AutoConfig
+
+    if family == "qwen3-omni":
+        # the full model's loader converts the saved per-expert MoE weights to 5.2x's fused ones
+        from transformers import Qwen3OmniMoeForConditionalGeneration
+
+        full = Qwen3OmniMoeForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32)
+        return full.thinker.eval()
+    # Qwen2.5-Omni: the full model's loader wants the talker's speaker file, which a thinker-only
+    # checkpoint does not have; load the thinker's weights directly
     from safetensors.torch import load_file
-    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     config = AutoConfig.from_pretrained(ckpt)
     thinker = Qwen2_5OmniThinkerForConditionalGeneration._from_config(
@@ -334,3 +343,47 @@ def test_tensor_parallel_decision_equals_hf_patch(tensor_parallel, runs):
     assert got["prompt_len"] == hf["embeds"].shape[0]
     assert torch.equal(got["positions"], hf["positions"].to(got["positions"].dtype))
     assert torch.allclose(got["embeds"], hf["embeds"].float(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- Qwen3-Omni
+QWEN3_CASES = ["av", "video", "audio", "text"]
+
+
+@pytest.fixture(scope="module")
+def qwen3(setup):
+    """The single-request cases on a tiny Qwen3-Omni (MoE decoder, DeepStack vision features,
+    time-merged audio-video layout), vLLM (chunked prefill) against the HF patch."""
+    from transformers import AutoProcessor
+
+    ckpt = _save_checkpoint(setup["work"] / "ckpt-qwen3", "qwen3-omni")
+    setup3 = {**setup, "ckpt": ckpt, "processor": AutoProcessor.from_pretrained(ckpt)}
+    spec = {
+        "model": str(ckpt),
+        "family": "qwen3-omni",
+        "omnizip": CONFIG,
+        "max_num_batched_tokens": PREFILL_CHUNK,
+        "max_tokens": MAX_TOKENS,
+        "requests": _requests(setup3, set(QWEN3_CASES)),
+    }
+    vllm = _capture(setup3, spec, "qwen3")
+    thinker = _load_hf_thinker(ckpt, "qwen3-omni")
+    table = cases(setup["media"])
+    hf = {n: _hf_run(thinker, setup3["processor"], *table[n][:2]) for n in QWEN3_CASES}
+    torch.save({"hf": hf, "vllm": vllm}, setup["work"] / "compared-qwen3.pt")
+    return {"hf": hf, "vllm": vllm}
+
+
+@pytest.mark.parametrize("name", QWEN3_CASES)
+def test_qwen3_decoder_inputs_and_logprobs_equal_hf_patch(qwen3, name):
+    hf, got = qwen3["hf"][name], qwen3["vllm"]["single"][name]
+    assert got["prompt_len"] == hf["embeds"].shape[0]
+    hf_positions = hf["positions"]
+    assert torch.equal(hf_positions, hf_positions.round())  # integral at 2 fps (13 ids/s)
+    assert torch.equal(got["positions"], hf_positions.to(got["positions"].dtype))
+    assert torch.allclose(got["embeds"], hf["embeds"].float(), atol=1e-4, rtol=1e-4), (
+        f"max |diff| {(got['embeds'] - hf['embeds']).abs().max():.3g}"
+    )
+    assert got["tokens"] == hf["tokens"]
+    assert np.allclose(got["logprobs"], hf["logprobs"], atol=1e-3, rtol=0)
+    if name in ("av", "video"):
+        assert got["prefill_chunks"] > 1

@@ -11,9 +11,12 @@ with vLLM's (or vllm-omni's) registrations, and a server selects one with ``hf_o
 
 The OmniZip settings travel in the model config (``hf_config.omnizip``) and are validated when
 the server starts (a bad setting stops it with the reason). How the plugin works:
-:mod:`omnizip.vllm.qwen2_5_omni` (model), :mod:`omnizip.vllm.qwen2_5_omni_processing`
-(slot counts, joint audio-video blocks), :mod:`omnizip.vllm.positions`,
-:mod:`omnizip.vllm.runner` (vLLM's pruning path on the CPU runner).
+:mod:`omnizip.vllm.thinker` (model side: encoders, compression, positions),
+:mod:`omnizip.vllm.processing` (slot counts, joint audio-video blocks),
+:mod:`omnizip.vllm.blocks` / :mod:`omnizip.vllm.layout` (transformers' layouts per family),
+:mod:`omnizip.vllm.positions`, :mod:`omnizip.vllm.audio_scores`, :mod:`omnizip.vllm.runner`
+(vLLM's pruning path, which the CPU runner never enables); the families:
+:mod:`omnizip.vllm.qwen2_5_omni`, :mod:`omnizip.vllm.qwen3_omni`.
 
 Importing this package imports neither vllm nor transformers.
 """
@@ -32,6 +35,7 @@ QWEN3_OMNI_ARCH = "OmniZipQwen3OmniMoeForConditionalGeneration"
 #: architecture name -> "module:Class" of the OmniZip model class vLLM loads for it
 ARCHITECTURES: dict[str, str] = {
     QWEN2_5_OMNI_ARCH: "omnizip.vllm.qwen2_5_omni:OmniZipQwen2_5OmniThinker",
+    QWEN3_OMNI_ARCH: "omnizip.vllm.qwen3_omni:OmniZipQwen3OmniThinker",
 }
 
 _FAMILIES: dict[str, str] = {
@@ -66,8 +70,6 @@ def hf_overrides(model_type_or_family: str, config: Any = None) -> dict[str, Any
         raise ValueError(
             f"model_type_or_family must be one of {sorted(_FAMILIES)}, got {model_type_or_family!r}"
         )
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"{model_type_or_family}: the OmniZip vLLM model is not available yet")
     return {"architectures": [arch], CONFIG_KEY: config_to_override(server_config(config))}
 
 
