@@ -60,7 +60,13 @@ def omnizip_settings(preset: str | None, config_json: str | None) -> dict:
         if not isinstance(fields, dict):
             raise LaunchError(f"--omnizip-config must be a JSON object, got {config_json!r}")
     if preset:
-        fields = {"preset": preset, **fields}
+        from omnizip.config import PRESETS
+
+        if preset not in PRESETS:
+            raise LaunchError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        # the preset's ratios, which explicit fields override
+        rho_audio, rho_video = PRESETS[preset]
+        fields = {"rho_audio": rho_audio, "rho_video": rho_video, **fields}
     return fields
 
 
@@ -108,6 +114,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help="KV cache size in GiB (default 2; 0 = vLLM's default)")
     p.add_argument("--media-root", type=Path, default=REPO,
                    help="--allowed-local-media-path (default: the repository)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the vLLM command as JSON and exit instead of starting it")
     return p.parse_args(argv), extra
 
 
@@ -118,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(f"vllm_serve: error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print(json.dumps(cmd))
+        return 0
     print("vllm_serve: " + " ".join(cmd[1:]), flush=True)
     os.execv(cmd[0], cmd)  # the server replaces this process: signals reach it directly
     return 0  # pragma: no cover

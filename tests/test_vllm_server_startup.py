@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from vllm_server.harness import run_launcher, run_to_exit, vllm_python
+from vllm_server.harness import REPO, run_launcher, run_to_exit, vllm_python
 
 QWEN2_5_ARCH = "OmniZipQwen2_5OmniForConditionalGeneration"
 
@@ -27,6 +27,8 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize(("args", "field", "wrong"), [
     (["--preset", "99"], "preset", "'99'"),
     (["--omnizip-config", '{"rho_video": 1.5}'], "rho_video", "1.5"),
+    # `make serve`'s default preset with an override, as OMNIZIP_CONFIG gives it
+    (["--preset", "45", "--omnizip-config", '{"rho_video": 1.5}'], "rho_video", "1.5"),
     (["--omnizip-config", '{"budget": "reference"}'], "budget", "'reference'"),
     (["--omnizip-config", '{"rho_v": 0.5}'], "rho_v", "rho_v"),
     (["--omnizip-config", "[0.5]"], "--omnizip-config", "[0.5]"),
@@ -40,6 +42,36 @@ def test_launcher_refuses_a_bad_setting_in_one_line(checkpoint, args, field, wro
     assert lines[0].startswith("vllm_serve: error: ")
     assert field in lines[0] and wrong in lines[0]
     assert result.stdout == ""  # nothing was started
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--preset", "45"], {"rho_audio": 0.3, "rho_video": 0.6}),
+    (["--preset", "35"], {"rho_audio": 0.4, "rho_video": 0.7}),
+    (["--preset", "45", "--omnizip-config", '{"rho_video": 0.7, "g": 15}'],
+     {"rho_audio": 0.3, "rho_video": 0.7, "g": 15}),
+])
+def test_launcher_passes_the_settings_to_vllm(checkpoint, args, expected):
+    result = run_launcher(["--model", str(checkpoint), "--dry-run", *args, "--", "--enforce-eager"],
+                          timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    cmd = json.loads(result.stdout)
+    overrides = json.loads(cmd[cmd.index("--hf-overrides") + 1])
+    assert overrides["architectures"] == [QWEN2_5_ARCH]
+    assert {k: overrides["omnizip"][k] for k in expected} == expected
+    assert overrides["omnizip"]["budget"] == "exact"
+    assert cmd[-1] == "--enforce-eager"
+    assert cmd[cmd.index("--allowed-local-media-path") + 1] == str(REPO)
+
+
+def test_launcher_with_omnizip_off_serves_vllms_own_model(checkpoint):
+    result = run_launcher(["--model", str(checkpoint), "--dry-run", "--omnizip", "off",
+                           "--preset", "99"], timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    cmd = json.loads(result.stdout)
+    assert "--hf-overrides" not in cmd  # the checkpoint's own architecture
+    assert cmd[cmd.index("--model") + 1] == str(checkpoint)
 
 
 def test_launcher_refuses_a_folder_without_a_config(tmp_path):
