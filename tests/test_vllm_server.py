@@ -1,6 +1,7 @@
 """A real vLLM OpenAI-compatible server on the tiny random-weight Qwen2.5-Omni, with OmniZip
 (the plugin's architecture, preset 45) and without it (vLLM's own model: the A/B baseline),
-driven by the official ``openai`` client the way a user would.
+and on the tiny Qwen3-Omni with OmniZip, driven by the official ``openai`` client the way a
+user would.
 
 One server per setting for the whole module (start-up costs a minute or two on a small CPU);
 each is stopped with its whole process group. Expected token counts come from the checkpoint's
@@ -28,11 +29,8 @@ QUESTION = "What happens in the video?"
 QUESTION_B = "Describe the sound."
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from omnizip.vllm.checkpoint import save_tiny_checkpoint
-
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2.5-omni"), "qwen2.5-omni")
+# (family, OmniZip): the A/B pair on Qwen2.5-Omni, and OmniZip on Qwen3-Omni
+SERVERS = [("qwen2.5-omni", "off"), ("qwen2.5-omni", "on"), ("qwen3-omni", "on")]
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +44,23 @@ def media(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", params=["off", "on"])
-def server(request, checkpoint, media, tmp_path_factory):
-    log = tmp_path_factory.mktemp("logs") / f"vllm-omnizip-{request.param}.log"
-    srv = VllmServer(checkpoint, log, omnizip=request.param, media_root=media,
+@pytest.fixture(scope="module", params=SERVERS, ids=[f"{f}-omnizip-{o}" for f, o in SERVERS])
+def server(request, media, tmp_path_factory):
+    from omnizip.vllm.checkpoint import save_tiny_checkpoint
+
+    family, omnizip = request.param
+    checkpoint = save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+    log = tmp_path_factory.mktemp("logs") / f"vllm-{family}-omnizip-{omnizip}.log"
+    srv = VllmServer(checkpoint, log, omnizip=omnizip, media_root=media,
                      vllm_args=["--max-model-len", str(MAX_MODEL_LEN)])
     with srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def checkpoint(server) -> Path:
+    """The checkpoint folder the current server serves (its processor gives the layout)."""
+    return server.model
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ class VllmServer:
     def __init__(self, model: Path, log: Path, *, omnizip: str = "on", preset: str | None = "45",
                  media_root: Path = REPO, launcher_args: Sequence[str] = (),
                  vllm_args: Sequence[str] = ()) -> None:
+        self.model = model
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log
