@@ -12,6 +12,11 @@ Workaround, without editing vLLM: :func:`enable_pruning_path` (called by the plu
 ``register()`` in every vLLM process) wraps both runners' ``load_model`` so that, after the
 original has run, the flag is set when the loaded model declares
 ``omnizip_needs_pruning_path = True``. Other models are untouched.
+
+vLLM 0.32's V2 model runner (used by default where Triton is installed, i.e. on GPUs) decides
+in ``v1/worker/gpu/model_states/mm_pruning.py`` (``maybe_create_mm_pruner``) from the same
+``video_pruning_rate`` setting; it is not wrapped here (no GPU to test it on), so the OmniZip
+models refuse to start under it with the fix in the message (``VLLM_USE_V2_MODEL_RUNNER=0``).
 """
 
 from __future__ import annotations

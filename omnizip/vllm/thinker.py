@@ -65,6 +65,14 @@ class OmniZipThinkerMixin:
         hf_config = vllm_config.model_config.hf_config
         # validated before anything is built, so a bad setting stops the server at start-up
         self.omnizip = server_config(getattr(hf_config, CONFIG_KEY, None))
+        if getattr(vllm_config, "use_v2_model_runner", False):
+            # vLLM 0.32's V2 runner (the default where Triton is installed, e.g. on GPUs) builds
+            # its multimodal pruner only when vLLM's own video pruning is configured; the plugin
+            # turns the pruning path on in the V1 runners only (omnizip.vllm.runner)
+            raise ValueError(
+                "OmniZip on vLLM 0.32 needs the V1 model runner: start vLLM with "
+                "VLLM_USE_V2_MODEL_RUNNER=0"
+            )
         mm_config = vllm_config.model_config.multimodal_config
         if mm_config is not None and mm_config.is_multimodal_pruning_enabled():
             raise ValueError(
