@@ -1,4 +1,4 @@
-"""Audio scoring (SPEC 3, ``omnizip.core.audio_attention_scores``) against its floor.
+"""Audio scoring (algorithm §3, ``omnizip.core.audio_attention_scores``) against its floor.
 
 Input shaped like the last layer of Qwen2.5-Omni-7B's audio encoder: 20 heads of 64
 (d_model 1280); 50 frames per second (100 mel frames/s, one stride-2 convolution); the

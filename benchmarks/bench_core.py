@@ -3,7 +3,7 @@
 Input shaped like Qwen2.5-Omni-7B with use_audio_in_video: D = 3584, 144 tokens per frame,
 per 2-second window 2 frames (288 video tokens) + 50 audio tokens, a little text around.
 
-The floor, measured in the same run on the same input (SPEC 4 needs each of these):
+The floor, measured in the same run on the same input (algorithm §4 needs each of these):
   - copying the output embeddings ([L, D]);
   - normalising the video tokens ([N_v, D]);
   - the pool-by-video similarity matmul ([pool, D] x [D, N_v]);

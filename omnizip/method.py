@@ -99,7 +99,7 @@ class CompressionMethod:
 
     @property
     def needs_audio_scores(self) -> bool:
-        """The adapter must compute SPEC 3 audio-encoder attention scores (docs/algorithm.md)."""
+        """The adapter must compute algorithm §3 audio-encoder attention scores (docs/algorithm.md)."""
         return False
 
     @property

@@ -3,7 +3,7 @@
 One line turns it on::
 
     handle = omnizip.patch(model, OmniZipConfig.preset("45"))
-    model.generate(**inputs)          # prefill compressed per SPEC 5
+    model.generate(**inputs)          # prefill compressed per algorithm §5
     handle.results                    # the core's decision for every row of the last prefill
     handle.remove()                   # the model is exactly as before
 
@@ -58,7 +58,7 @@ class OmniZipHandle:
         kept_indices: per row, int64 indices (into the uncompressed, padded prompt) of the
             tokens the decoder saw.
         audio_scores: per row, float32 ``[N_a_row]`` the importance each audio token was
-            ranked by (SPEC 3; None for a row without audio, and for methods that do not rank
+            ranked by (algorithm §3; None for a row without audio, and for methods that do not rank
             audio by encoder scores, e.g. ``fastv``).
         video_scores: per row, float32 ``[N_v_row]`` the vision-encoder score each video token
             was ranked by (methods with ``needs_video_scores``, i.e. ``visionzip``; else None).
@@ -169,7 +169,7 @@ def patch(model: torch.nn.Module, config: CompressionMethod | None = None) -> Om
         model: a supported model instance, e.g. transformers'
             ``Qwen2_5OmniForConditionalGeneration`` or ``Qwen2_5OmniThinkerForConditionalGeneration``,
             ``Qwen3OmniMoeForConditionalGeneration`` or ``Qwen3OmniMoeThinkerForConditionalGeneration``.
-        config: :class:`OmniZipConfig`; default the paper's 45%-retention setting (SPEC 2).
+        config: :class:`OmniZipConfig`; default the paper's 45%-retention setting (algorithm §2).
             Any method of :mod:`omnizip.methods` works: the pre-decoder ones (the OmniZip
             ablations, ``random``, ``dycoke``, ``visionzip`` with its vision-encoder scores)
             the same way, ``fastv`` inside the decoder (after layer K).

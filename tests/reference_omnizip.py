@@ -1,16 +1,16 @@
-"""Plain, independent reference implementation of OmniZip (SPEC sections 3 and 4).
+"""Plain, independent reference implementation of OmniZip (algorithm §3 and 4).
 
-Written from /work/shared/SPEC.md (and the tie rules of docs/core_api.md) alone, without
+Written from /work/shared/docs/algorithm.md (and the tie rules of docs/core_api.md) alone, without
 looking at the package sources, so that the equivalence tests compare two independent
-readings of the SPEC.  Everything here is deliberately naive: Python loops, one token or
+readings of the docs/algorithm.md.  Everything here is deliberately naive: Python loops, one token or
 one frame at a time, Python floats (IEEE double) for every number that feeds a decision.
 Speed is irrelevant; clarity is the point.
 
 Covered:
-- SPEC 4 steps 1-9 for one sequence, with the SPEC 6 deviations (inputs never modified,
+- algorithm §4 steps 1-9 for one sequence, with the algorithm §6 deviations (inputs never modified,
   trailing partial frames kept, min/max window counted once in step 7, no audio / no video
-  handled) and the SPEC 7 option ``merge_scope="window"``.
-- SPEC 3 audio scores: full softmax matrix per head (global per stream, or per
+  handled) and the algorithm §7 option ``merge_scope="window"``.
+- algorithm §3 audio scores: full softmax matrix per head (global per stream, or per
   ``cu_seqlens`` window), stride-``pool`` pair pooling per stream, and energy scores.
 """
 
@@ -45,13 +45,13 @@ def clamp(x: float, lo: float, hi: float) -> float:
 
 
 def normalize_merge(row: list[float]) -> list[float]:
-    """SPEC 4 step 3: x / (||x|| + 1e-6)."""
+    """algorithm §4 step 3: x / (||x|| + 1e-6)."""
     n = l2norm(row) + 1e-6
     return [x / n for x in row]
 
 
 def normalize_safe(row: list[float]) -> list[float]:
-    """SPEC 4 step 8: x / max(||x||, 1e-12)."""
+    """algorithm §4 step 8: x / max(||x||, 1e-12)."""
     n = max(l2norm(row), 1e-12)
     return [x / n for x in row]
 
@@ -84,7 +84,7 @@ def find_runs(ids: list[int], token_id: int) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------------------
-# SPEC 4 step 8: ISTC on one frame
+# algorithm §4 step 8: ISTC on one frame
 # --------------------------------------------------------------------------------------
 
 
@@ -126,7 +126,7 @@ def temporal_keep(prev: list[list[float]], cur: list[list[float]], n_keep: int) 
 
 
 # --------------------------------------------------------------------------------------
-# SPEC 4: the whole algorithm for one sequence
+# algorithm §4: the whole algorithm for one sequence
 # --------------------------------------------------------------------------------------
 
 
@@ -310,7 +310,7 @@ def reference_compress(
             i_max = max(range(G), key=lambda i: (b[i], -i))
             frozen = sorted({i_min, i_max})
             others = [i for i in range(G) if i not in frozen]
-            o_sum = 0.0  # the SPEC's O
+            o_sum = 0.0  # the the algorithm's O
             for i in others:
                 o_sum += b[i] * n_win[i]
             if others and o_sum > 0:
@@ -385,7 +385,7 @@ def reference_compress(
 
 
 # --------------------------------------------------------------------------------------
-# SPEC 3: audio scores
+# algorithm §3: audio scores
 # --------------------------------------------------------------------------------------
 
 

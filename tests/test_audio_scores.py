@@ -1,4 +1,4 @@
-"""Blockwise audio scoring (SPEC 3) against a straightforward full-softmax computation.
+"""Blockwise audio scoring (algorithm §3) against a straightforward full-softmax computation.
 
 The independent computation below forms each segment's whole ``[H, n, n]`` attention in
 float64 (small inputs only) and sums it over heads and queries. The blockwise implementation

@@ -183,7 +183,7 @@ def test_single_frame_and_partial_frame_chunks():
     embeds = torch.randn(len(ids), 8, generator=torch.Generator().manual_seed(1))
     res = run(embeds, ids, torch.rand(10), 4)
     keep = res.keep
-    # Partial trailing tokens and frame-less chunks are kept whole (SPEC deviation 3).
+    # Partial trailing tokens and frame-less chunks are kept whole (algorithm §6.3).
     assert keep[5:7].all() and keep[12:15].all()
     r0 = float(res.video_chunk_ratio[0])
     assert int(keep[1:5].sum()) == int(4 * (1 - r0))
@@ -241,7 +241,7 @@ class _LargestTensor(TorchDispatchMode):
 
 def test_memory_stays_bounded_no_pool_by_video_matrix():
     """No temporary exceeds max(the embeddings, the block cap): the [pool, N_v] similarity
-    matrix (here 20x larger than the cap) is never formed whole (SPEC deviation 6)."""
+    matrix (here 20x larger than the cap) is never formed whole (algorithm §6.6)."""
     embeds, ids, scores = interleaved(60, 16, audio=50, dim=8, seed=2)
     n_video = int((ids == V).sum())
     block = 4096
@@ -391,7 +391,7 @@ def test_ablation_switches():
 
 def _reference_merged(embeds, ref):
     """The merged output written from the reference's decisions (anchors, members, weights)
-    with the merge formula of SPEC 4 step 4, in float64 and differentiable in ``embeds``."""
+    with the merge formula of algorithm §4 step 4, in float64 and differentiable in ``embeds``."""
     x = embeds.double()
     rows = list(x.unbind(0))
     audio = ref.audio_positions

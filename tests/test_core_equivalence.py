@@ -1,7 +1,7 @@
-"""Equivalence of ``omnizip.compress_sequence`` (and the SPEC 3 audio scores) with the plain
+"""Equivalence of ``omnizip.compress_sequence`` (and the algorithm §3 audio scores) with the plain
 reference in ``tests/reference_omnizip.py``, over many random interleaved layouts.
 
-The reference is written from the SPEC alone. Discrete outputs (keep mask, salient audio,
+The reference is written from the docs/algorithm.md alone. Discrete outputs (keep mask, salient audio,
 anchors, merge targets) must match exactly; ratios to 1e-9; embeddings to float tolerance.
 """
 
@@ -309,7 +309,7 @@ def check_equivalent(case: Case):
     res = run_core(case)
     ref = run_ref(case)
 
-    # inputs never modified (SPEC 6.2)
+    # inputs never modified (algorithm §6.2)
     assert torch.equal(case.embeds, before[0])
     assert torch.equal(case.ids, before[1])
     if before[2] is not None:
@@ -827,7 +827,7 @@ def test_ties_identical_frame_tokens():
 def test_dpc_knn1_mutual_nearest_neighbours_tie(seed):
     """knn=1: two mutual nearest neighbours have exactly the same density rho = exp(-d_01)
     (d is symmetric: d_ij = 1 - x̂_i . x̂_j). Neither is strictly denser, so both get
-    delta = max_j d_ij (SPEC 4 step 8) and, being a tight pair far from everything else,
+    delta = max_j d_ij (algorithm §4 step 8) and, being a tight pair far from everything else,
     both are the top-2 of rho * delta. A distance matrix that is not bitwise symmetric
     (e.g. scaling the raw dot products by 1/||x_i|| and 1/||x_j|| in different orders)
     makes one of them 'strictly denser' by a rounding error and drops the other."""
@@ -875,7 +875,7 @@ def test_ties_salient_scores_all_equal():
 
 
 # --------------------------------------------------------------------------------------
-# SPEC 3: audio scores
+# algorithm §3: audio scores
 # --------------------------------------------------------------------------------------
 
 

@@ -312,7 +312,7 @@ def test_method_protocol_compress_matches_compress_sequence(data):
     else:
         res = config.compress(embeds, ids, audio_token_id=A, video_token_id=V,
                               tokens_per_frame=tokens_per_frame)
-        scores = audio_energy_scores(embeds[ids == A])  # the documented fallback (SPEC 3)
+        scores = audio_energy_scores(embeds[ids == A])  # the documented fallback (algorithm §3)
         if not bool(torch.isfinite(scores).all()):
             # Norms past float32's range: ranked from rows scaled by one power of two
             # (test_core_api checks that order); here only the invariants.

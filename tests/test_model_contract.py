@@ -73,7 +73,7 @@ def test_decoder_inputs_and_generate_logits(fam, attn):
     assert torch.equal(prefill["positions"][1:, 0], exp["positions"])
     positions_dtype = stage["positions"].dtype
     assert torch.equal(prefill["positions"][0, 0], torch.arange(n_kept, dtype=positions_dtype))
-    # decode continues at max(original position) + 1 (SPEC 5); rope_deltas counts the drops
+    # decode continues at max(original position) + 1 (algorithm §5); rope_deltas counts the drops
     assert float(spy.calls[1]["positions"][1:].max()) == float(stage["positions"].max()) + 1
     assert float(rope_deltas[0, 0]) == float(stage["positions"].max()) + 1 - n_kept
     ref = direct_logits(model, exp, tokens[0, :-1])

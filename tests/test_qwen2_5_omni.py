@@ -2,7 +2,7 @@
 
 The model-integration contract (decoder inputs == the core's decision, generate == a direct
 decoder run on the kept tokens, batch rows == single runs, remove() restores) runs on every
-family in tests/test_model_contract.py. Here: SPEC 3 audio scores (frame pairs pooled per
+family in tests/test_model_contract.py. Here: algorithm §3 audio scores (frame pairs pooled per
 token) against a dense softmax, every prompt kind, sampling, static cache, manual decoding,
 errors, real media through the offline processor into the full model class.
 
@@ -64,7 +64,7 @@ def media():
 
 # ----------------------------------------------------------------------------- references
 def dense_audio_scores(attn, hidden, feature_lens, cu_seqlens=None):
-    """SPEC 3 written out densely: softmax over each stream (or each encoder window), attention
+    """algorithm §3 written out densely: softmax over each stream (or each encoder window), attention
     received summed over heads and queries, frame pairs averaged within each stream."""
     frames_per_stream = ((feature_lens - 1) // 2 + 1).tolist()
     with torch.no_grad():
@@ -92,7 +92,7 @@ def dense_audio_scores(attn, hidden, feature_lens, cu_seqlens=None):
 
 # ----------------------------------------------------------------------------- audio scores
 def test_audio_scores_match_dense_reference(sdpa_model, processor, media):
-    """SPEC 3: global (default) and windowed scores vs a dense softmax; two streams in one
+    """algorithm §3: global (default) and windowed scores vs a dense softmax; two streams in one
     prompt map one-to-one; energy = L2 norm of the audio embeddings."""
     model = sdpa_model
     for kind in ("two_audio", "two_videos"):

@@ -4,7 +4,7 @@ The model-integration contract (decoder inputs == the core's decision with the D
 inputs pruned by the same mask, generate == a direct decoder run on the kept tokens, batch rows
 == single runs, remove() restores) runs on every family in tests/test_model_contract.py. Here:
 the Qwen3-Omni layout decision (one frame per video run, windows pair a frame with its own
-audio, ISTC frame parity along the stream), kept fractions against the budget, SPEC 3 audio
+audio, ISTC frame parity along the stream), kept fractions against the budget, algorithm §3 audio
 scores (one per last-layer frame), prompt kinds, decoding modes, the full model class, errors.
 
 The references never go through the adapter (tests/conftest.py): positions, DeepStack features
@@ -77,7 +77,7 @@ def frames_per_stream(model, feature_lens):
 
 
 def dense_audio_scores(attn, hidden, frames, cu_seqlens=None):
-    """SPEC 3 written out densely: softmax over each stream (or each encoder window), attention
+    """algorithm §3 written out densely: softmax over each stream (or each encoder window), attention
     received summed over heads and queries; no pooling (Qwen3-Omni: one token per frame)."""
     with torch.no_grad():
         T = hidden.shape[0]
@@ -182,7 +182,7 @@ def test_kept_fractions_match_budget(config, model, processor, media):
 
 # ----------------------------------------------------------------------------- audio scores
 def test_audio_scores_match_dense_reference(model, processor, media):
-    """SPEC 3 on Qwen3-Omni: one score per last-layer frame (no pooling), softmax over each
+    """algorithm §3 on Qwen3-Omni: one score per last-layer frame (no pooling), softmax over each
     whole stream (global) or the encoder's own windows (windowed); energy = L2 norms."""
     attn = model.model.audio_tower.layers[-1].self_attn
     for kind in ("two_audio", "av"):

@@ -1,4 +1,4 @@
-"""The OmniZip algorithm and its configuration on plain tensors (SPEC sections 2-4, 6, 7).
+"""The OmniZip algorithm and its configuration on plain tensors (algorithm §2-4, 6, 7).
 
 Knows nothing of transformers and imports nothing from the rest of the package.
 """

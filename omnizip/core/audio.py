@@ -1,4 +1,4 @@
-"""Audio side of OmniZip: salient tokens, anchors and anchor merging (SPEC 4 steps 1-4)."""
+"""Audio side of OmniZip: salient tokens, anchors and anchor merging (algorithm §4 steps 1-4)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from .layout import exclusive_cumsum
 from .select import block_rows, keep_best
 from .similarity import rowwise_products
 
-# SPEC 4 step 3 normalises the rows used for merging as x / (||x|| + 1e-6).
+# algorithm §4 step 3 normalises the rows used for merging as x / (||x|| + 1e-6).
 MERGE_NORM_EPS = 1e-6
 
 
 def merge_normalise(x: torch.Tensor) -> torch.Tensor:
-    """``x / (||x|| + 1e-6)`` row-wise (SPEC 4 step 3), ``[n, D]`` float32."""
+    """``x / (||x|| + 1e-6)`` row-wise (algorithm §4 step 3), ``[n, D]`` float32."""
     return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + MERGE_NORM_EPS)
 
 
@@ -38,7 +38,7 @@ def split_audio(
     """Salient tokens (step 1) and evenly spaced anchors among the rest (step 2).
 
     Args:
-        scores: float ``[N_a]`` audio importance (SPEC 3), on the compute device.
+        scores: float ``[N_a]`` audio importance (algorithm §3), on the compute device.
     """
     n_audio = int(scores.numel())
     device = scores.device

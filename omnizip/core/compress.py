@@ -1,4 +1,4 @@
-"""``compress_sequence``: the whole OmniZip decision for one sequence (SPEC sections 2-4, 6, 7)."""
+"""``compress_sequence``: the whole OmniZip decision for one sequence (algorithm §2-4, 6, 7)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ def compress_sequence(
     tokens_per_frame: int | list[int] | tuple[int, ...] | torch.Tensor,
     config: OmniZipConfig | None = None,
 ) -> CompressionResult:
-    """Run OmniZip on one sequence (SPEC 4, with the deviations of SPEC 6).
+    """Run OmniZip on one sequence (algorithm §4, with the deviations of algorithm §6).
 
     Args:
         embeds: ``[L, D]`` float32/float16/bfloat16/float64 decoder input embeddings (not
             modified; may require grad).
         input_ids: integer ``[L]`` token ids, same device.
-        audio_scores: float ``[N_a]`` importance of each audio token in order (SPEC 3), or
+        audio_scores: float ``[N_a]`` importance of each audio token in order (algorithm §3), or
             None when the sequence has no audio tokens.
         audio_token_id, video_token_id: the placeholder ids of audio and video tokens.
         tokens_per_frame: P, video tokens per frame, as an int or one int per video chunk

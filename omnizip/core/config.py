@@ -1,4 +1,4 @@
-"""OmniZip configuration: one validated dataclass (SPEC section 2, options of section 7).
+"""OmniZip configuration: one validated dataclass (algorithm §2, options of section 7).
 
 It lives in the core because it is part of the algorithm's definition, and so does
 ``compress``, what the package's method protocol calls. The core imports nothing from the
@@ -28,7 +28,7 @@ AUDIO_SCORE_MODES = ("global", "windowed", "energy")
 AUDIO_SELECTIONS = ("score", "random")
 FRAME_PARITIES = ("chunk", "stream")
 
-# The paper's two operating points (SPEC section 2): name -> (rho_audio, rho_video).
+# The paper's two operating points (algorithm §2): name -> (rho_audio, rho_video).
 PRESETS: dict[str, tuple[float, float]] = {"45": (0.3, 0.6), "35": (0.4, 0.7)}
 # torch generators take 64-bit seeds; the signed range is the one every backend accepts.
 MAX_SEED = 2**63 - 1
@@ -51,7 +51,7 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
 
 @dataclass(frozen=True)
 class OmniZipConfig:
-    """How much OmniZip compresses, and which of the SPEC section 7 options it uses.
+    """How much OmniZip compresses, and which of the algorithm §7 options it uses.
 
     Attributes (the paper's symbols in brackets; defaults are the paper's 45%-retention setting):
         rho_audio: [rho_a] fraction of audio tokens NOT chosen as salient.
@@ -62,13 +62,13 @@ class OmniZipConfig:
             fine: work and memory depend on the tokens that can merge, not on ``g``.
         min_ratio, max_ratio: [r_min, r_max] bounds of a window's video compression ratio.
         knn: [k] neighbours in the DPC-kNN density of the spatial step.
-        budget: "reference" (SPEC 4 step 7, the published normalisation, which may miss the
-            budget because of its clamps) or "exact" (SPEC 7: one shift of all window ratios
+        budget: "reference" (algorithm §4 step 7, the published normalisation, which may miss the
+            budget because of its clamps) or "exact" (algorithm §7: one shift of all window ratios
             plus per-frame rounding so the kept video count is exactly round((1-rho_v) N_v)).
-        merge_scope: "global" (SPEC 4 step 3: merge score against all video tokens) or
-            "window" (SPEC 7: only the video of the token's own time window, as the paper's
+        merge_scope: "global" (algorithm §4 step 3: merge score against all video tokens) or
+            "window" (algorithm §7: only the video of the token's own time window, as the paper's
             text describes; linear time in the clip length).
-        audio_score: how model adapters score audio tokens (SPEC 3): "global" attention over
+        audio_score: how model adapters score audio tokens (algorithm §3): "global" attention over
             each whole audio stream (reference), "windowed" attention inside the encoder's own
             attention windows, or "energy" (L2 norm of each audio token's embedding).
         retention: optional overall target, the fraction of audio+video tokens kept. When set,
@@ -86,11 +86,11 @@ class OmniZipConfig:
             audio guidance of the video ratios); the paper's "w/o dynamic ratio" ablation.
         merge_anchors: ablation switch. False keeps the anchors as they are (same token
             count, no merging); the paper's "w/o anchor merging" ablation.
-        audio_selection: ``"score"`` (SPEC 4 step 1) or ``"random"``: salient audio chosen
+        audio_selection: ``"score"`` (algorithm §4 step 1) or ``"random"``: salient audio chosen
             uniformly at random (seeded by ``seed``); the paper's "ISTC + random audio" ablation.
         seed: seed of ``audio_selection="random"``, in [0, 2**63 - 1].
         block_elements: soft cap on the elements of any temporary similarity block; bounds
-            peak memory for long inputs (SPEC deviation 6). Results do not depend on it.
+            peak memory for long inputs (algorithm §6.6). Results do not depend on it.
     """
 
     name: ClassVar[str] = "omnizip"  # the method registry's name
@@ -177,7 +177,7 @@ class OmniZipConfig:
         """:func:`omnizip.compress_sequence` with this configuration (the method protocol).
 
         With ``audio_score="energy"`` and no scores given, the scores are the L2 norms of
-        the audio embeddings (SPEC 3). ``video_scores`` is not used by OmniZip.
+        the audio embeddings (algorithm §3). ``video_scores`` is not used by OmniZip.
         """
         if audio_scores is None and (self.audio_score == "energy" or self.audio_selection == "random"):
             check_inputs(embeds, input_ids, None, audio_token_id, video_token_id)
@@ -238,7 +238,7 @@ class OmniZipConfig:
 
 
 def _energy_ranking(audio_rows: torch.Tensor) -> torch.Tensor:
-    """Energy scores (SPEC 3) of ``[N_a, D]`` rows, float32 ``[N_a]``, always finite.
+    """Energy scores (algorithm §3) of ``[N_a, D]`` rows, float32 ``[N_a]``, always finite.
 
     Only their order matters (the salient tokens are the highest). Norms of rows near a
     dtype's largest value overflow float32; then all rows are scaled by one power of two

@@ -1,4 +1,4 @@
-"""Where the audio and video tokens of one sequence are (SPEC section 1).
+"""Where the audio and video tokens of one sequence are (algorithm §1).
 
 The layout is read once per call on the host: one device->host copy of the ids (the only
 data-dependent shapes OmniZip needs), after which every tensor size is known and the rest of
@@ -41,11 +41,11 @@ def segment_ids(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class FrameTable:
-    """The whole frames of all video chunks (SPEC 4 step 8), in order.
+    """The whole frames of all video chunks (algorithm §4 step 8), in order.
 
     All tensors are int64 on the CPU, ``[n_frames]``, except ``video_index`` ``[n_frames, P]``.
     A chunk's trailing partial frame is not a frame here: its tokens are always kept
-    (SPEC deviation 3).
+    (algorithm §6.3).
     """
 
     chunk: torch.Tensor  # video chunk of each frame
@@ -96,7 +96,7 @@ class SequenceLayout:
 
     @property
     def n_guided(self) -> int:
-        """G = min(m, n): windows that pair a video chunk with an audio chunk (SPEC 1)."""
+        """G = min(m, n): windows that pair a video chunk with an audio chunk (algorithm §1)."""
         return min(self.n_audio_chunks, self.n_video_chunks)
 
     @property
@@ -169,7 +169,7 @@ def build_layout(
     tokens_per_frame,
     frame_parity: str = "chunk",
 ) -> SequenceLayout:
-    """Read the windows and frames of one sequence from its ids (SPEC 1, 4 step 8).
+    """Read the windows and frames of one sequence from its ids (algorithm §1, 4 step 8).
 
     Args:
         input_ids: integer ``[L]`` (any device; copied to the host once).

@@ -1,4 +1,4 @@
-"""The OmniZip steps in order for one sequence (SPEC sections 2-4, 6, 7).
+"""The OmniZip steps in order for one sequence (algorithm §2-4, 6, 7).
 
 :func:`run_pipeline` is :func:`omnizip.compress_sequence` once the configuration is known
 to be valid. Every decision (which tokens stay, which merge, with what weights) is computed
@@ -79,7 +79,7 @@ def run_pipeline(
         audio_keep = split.salient
     merging = bool(split.anchors.numel() and split.pool.numel() and config.merge_anchors)
 
-    # Row norms once, from views of the embeddings: both normalisations of SPEC 4 (merge and
+    # Row norms once, from views of the embeddings: both normalisations of algorithm §4 (merge and
     # ISTC) fold them into the similarities instead of writing normalised copies.
     norms = sequence_row_norms(source, block) if n_video else None
     if n_video or merging:
@@ -131,7 +131,7 @@ def run_pipeline(
     audio_chunk_sizes = layout.audio_chunk_lengths.to(device, torch.float64)
     retention = (kept_per_chunk / audio_chunk_sizes)[:n_guided]
 
-    # --- Video ratios (steps 6-7, or the exact budget of SPEC 7) and ISTC (step 8). ---
+    # --- Video ratios (steps 6-7, or the exact budget of algorithm §7) and ISTC (step 8). ---
     video_keep = torch.ones(n_video, dtype=torch.bool, device=device)
     ratios = _video_ratios(layout, retention, rho_video, config, device)
     if n_video and layout.frame_tables:
@@ -178,7 +178,7 @@ def _video_ratios(
     config,
     device: torch.device,
 ) -> torch.Tensor:
-    """Ratio r of every video chunk under the published rules (SPEC 4 steps 6-7)."""
+    """Ratio r of every video chunk under the published rules (algorithm §4 steps 6-7)."""
     n_guided, n_chunks = layout.n_guided, layout.n_video_chunks
     ratios = torch.full((n_chunks,), rho_video, dtype=torch.float64, device=device)
     if n_guided == 0 or not config.dynamic_ratios:
@@ -204,11 +204,11 @@ def _merge_scores(
     scope: str,
     block: int,
 ) -> torch.Tensor:
-    """Merge score of each pool token (SPEC 4 step 3; ``scope="window"`` of SPEC 7).
+    """Merge score of each pool token (algorithm §4 step 3; ``scope="window"`` of algorithm §7).
 
     Global: the highest cosine to any video token of the sequence. Window: to the video
     of the token's own window. Where there is no such video, the highest cosine to any
-    anchor (SPEC's no-video rule).
+    anchor (the algorithm's no-video rule).
     """
     if layout.n_video == 0:
         return anchor_cos
@@ -241,7 +241,7 @@ def _exact_frame_keeps(
     device: torch.device,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Shift all chunk ratios by one λ and round per frame so that exactly
-    ``round((1 - rho_video) * N_v)`` video tokens stay, when reachable (SPEC 7)."""
+    ``round((1 - rho_video) * N_v)`` video tokens stay, when reachable (algorithm §7)."""
     kept_target = round((1.0 - rho_video) * layout.n_video)
     prunable = (layout.frames_per_chunk * layout.tokens_per_frame).to(device, torch.float64)
     always_kept = layout.n_video - int(prunable.sum())

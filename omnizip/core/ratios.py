@@ -1,4 +1,4 @@
-"""Per-window video compression ratios (SPEC 4 steps 5-7 and the exact budget of SPEC 7).
+"""Per-window video compression ratios (algorithm §4 steps 5-7 and the exact budget of algorithm §7).
 
 Everything here is float64 on the compute device, so that ``int(P * (1 - r))`` downstream
 matches the reference's Python-float arithmetic, and branch-free (``torch.where``) so that
@@ -13,10 +13,10 @@ import torch
 
 from .select import rank_along_last
 
-# Tolerances of SPEC 4 step 7.
+# Tolerances of algorithm §4 step 7.
 BUDGET_TOLERANCE = 1e-3
 BISECTION_STEPS = 64
-# The widened ratio range of SPEC 7 is [0, 1): its largest float.
+# The widened ratio range of algorithm §7 is [0, 1): its largest float.
 BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
@@ -36,7 +36,7 @@ def normalise_budget(
     min_ratio: float,
     max_ratio: float,
 ) -> torch.Tensor:
-    """The published budget normalisation of the guided windows (SPEC 4 step 7).
+    """The published budget normalisation of the guided windows (algorithm §4 step 7).
 
     Only call with ``G > 2`` windows (the caller checks; it is a host-known count).
 
@@ -52,7 +52,7 @@ def normalise_budget(
     total = weighted.sum()
     needs_fix = ((total - target_discard).abs() > BUDGET_TOLERANCE) & (total > 0)
     # Freeze the smallest and the largest base ratio (first occurrence of each; counted
-    # once when both are the same window, SPEC deviation 4).
+    # once when both are the same window, algorithm §6.4).
     frozen = _first_occurrence_mask(torch.argmin(base), n_windows) | _first_occurrence_mask(
         torch.argmax(base), n_windows
     )
@@ -78,7 +78,7 @@ def shift_to_budget(
     min_ratio: float,
     max_ratio: float,
 ) -> torch.Tensor:
-    """One common shift ``λ`` with ``sum_i clamp(b_i + λ, lo, hi) * n_i = target`` (SPEC 7).
+    """One common shift ``λ`` with ``sum_i clamp(b_i + λ, lo, hi) * n_i = target`` (algorithm §7).
 
     ``[lo, hi]`` is ``[r_min, r_max]`` when the target is reachable inside it, else widened
     to ``[0, 1)``. Solved by a fixed number of bisection steps, all on the device.
@@ -116,7 +116,7 @@ def frame_discards_exact(
 
     Each frame wants ``P * r`` discards; all are floored, then the missing units go to the
     frames with the largest fractional parts (ties: the earlier frame), or surplus units are
-    taken back from the smallest, as in largest-remainder rounding (SPEC 7).
+    taken back from the smallest, as in largest-remainder rounding (algorithm §7).
 
     Args:
         frame_ratio: float64 ``[F]``; frame_tokens: float64 ``[F]`` (P of each frame).

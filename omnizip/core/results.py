@@ -1,4 +1,4 @@
-"""What a compression method decided for one sequence (SPEC 4 step 9), as plain tensors."""
+"""What a compression method decided for one sequence (algorithm §4 step 9), as plain tensors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class TokenDecision:
-    """What a token-compression method decided for one sequence (any method, SPEC 4 step 9).
+    """What a token-compression method decided for one sequence (any method, algorithm §4 step 9).
 
     Attributes:
         keep: bool ``[L]``: tokens the decoder sees (text always kept).

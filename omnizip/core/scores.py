@@ -1,4 +1,4 @@
-"""Audio token importance (SPEC section 3), blockwise: no ``[H, T, T]`` tensor is formed.
+"""Audio token importance (algorithm §3), blockwise: no ``[H, T, T]`` tensor is formed.
 
 The reference scores a frame by the attention it receives in the audio encoder's last layer:
 ``A_h = softmax(Q_h K_h^T * scale)`` over all frames of its stream, summed over heads and
@@ -147,7 +147,7 @@ def audio_attention_scores(
     scale: float | None = None,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
-    """Attention received by each audio frame in one encoder layer (SPEC 3).
+    """Attention received by each audio frame in one encoder layer (algorithm §3).
 
     Args:
         query, key: ``[T, H, Dh]`` the layer's recomputed query and key projections (after
@@ -244,7 +244,7 @@ def pool_audio_scores(
 
 
 def audio_energy_scores(audio_embeds: torch.Tensor) -> torch.Tensor:
-    """SPEC 3 ``energy`` variant: the L2 norm of each audio token's embedding.
+    """algorithm §3 ``energy`` variant: the L2 norm of each audio token's embedding.
 
     Args:
         audio_embeds: ``[N_a, D]``. Returns float32 ``[N_a]``.

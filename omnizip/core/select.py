@@ -13,7 +13,7 @@ def rank_along_last(scores: torch.Tensor, *, descending: bool) -> torch.Tensor:
     """Rank of every element within its row: 0 for the best.
 
     Ties are broken by the lower index first (a stable sort), which makes every
-    "keep the n highest / lowest" of OmniZip deterministic where SPEC leaves it to topk.
+    "keep the n highest / lowest" of OmniZip deterministic where docs/algorithm.md leaves it to topk.
 
     Args:
         scores: ``[..., n]`` real tensor.

@@ -1,5 +1,5 @@
 """Blockwise cross-modal similarities: no ``[pool, N_v]`` matrix is ever formed whole
-(SPEC deviation 6). Results do not depend on the block size."""
+(algorithm §6.6). Results do not depend on the block size."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def max_cosine_to_columns(
 
     Columns are gathered block by block into one reused float32 buffer (no normalised copy
     of the columns, no page-faulting fresh allocation per block), and normalisation is folded
-    into the per-column scale. No ``[p, n]`` matrix is formed whole (SPEC deviation 6).
+    into the per-column scale. No ``[p, n]`` matrix is formed whole (algorithm §6.6).
 
     Args:
         rows_hat: float32 ``[p, D]`` (already normalised).
@@ -169,7 +169,7 @@ def max_cosine_within_windows(
 ) -> torch.Tensor:
     """For every audio token of the guided windows, its max cosine to its own window's video.
 
-    Window ``i`` pairs audio chunk ``i`` with video chunk ``i`` (SPEC 1). Work is linear in
+    Window ``i`` pairs audio chunk ``i`` with video chunk ``i`` (algorithm §1). Work is linear in
     the clip length: windows are processed as padded ``[windows, A_max, V_max]`` blocks.
 
     Args:

@@ -1,4 +1,4 @@
-"""ISTC, interleaved spatio-temporal compression of video frames (SPEC 4 step 8).
+"""ISTC, interleaved spatio-temporal compression of video frames (algorithm §4 step 8).
 
 All frames of a resolution are handled as one batch: even frames are pruned spatially by
 DPC-kNN, odd frames temporally against the unpruned previous frame. Parity is the frame's
@@ -15,7 +15,7 @@ from .layout import FrameTable
 from .select import block_rows, keep_best
 from .similarity import RowGatherer
 
-# SPEC 4 step 8 normalises as x / max(||x||, 1e-12) (F.normalize's rule).
+# algorithm §4 step 8 normalises as x / max(||x||, 1e-12) (F.normalize's rule).
 ISTC_NORM_EPS = 1e-12
 
 

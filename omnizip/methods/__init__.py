@@ -11,7 +11,7 @@ Every entry builds a frozen, validated configuration implementing
 ========================  ==================================================================
 name                      method
 ========================  ==================================================================
-``omnizip``               OmniZip (SPEC), :class:`~omnizip.OmniZipConfig`
+``omnizip``               OmniZip (docs/algorithm.md), :class:`~omnizip.OmniZipConfig`
 ``omnizip-no-dynamic``    ablation: every video chunk uses ``rho_video`` (no audio guidance)
 ``omnizip-no-merge``      ablation: anchors kept as they are (no anchor merging)
 ``omnizip-random-audio``  ablation: ISTC video + salient audio chosen at random
@@ -25,7 +25,7 @@ What an adapter does with a method (``omnizip.patch`` wiring):
 
 - ``method.in_decoder_layer is None``: call ``method.compress(...)`` per prompt row before
   the first decoder layer, exactly as for OmniZip, passing ``audio_scores`` when
-  ``method.needs_audio_scores`` (SPEC 3, ``method.audio_score`` says which variant) and the
+  ``method.needs_audio_scores`` (algorithm §3, ``method.audio_score`` says which variant) and the
   ``video_scores`` the method's own hooks supply (VisionZip:
   :mod:`omnizip.methods.visionzip_hooks`).
 - ``method.in_decoder_layer == K`` (FastV): the method's own hooks prune inside the decoder
@@ -36,7 +36,7 @@ point, :mod:`omnizip.method`); nothing in the model adapters names a method.
 
 Budgets: the baselines take ``retention`` (fraction of audio + video tokens kept) or
 ``token_budget`` (absolute) and keep exactly that many. The OmniZip entries take them too
-(SPEC 7 targets) and then default to ``budget="exact"`` (SPEC 7), so a comparison at a
+(algorithm §7 targets) and then default to ``budget="exact"`` (algorithm §7), so a comparison at a
 matched budget is matched; the core meets such a target to within a token or two (more when a
 video chunk ends in a partial frame, which OmniZip always keeps). Without a target they are
 the paper's reference semantics (``rho_audio`` / ``rho_video``).
@@ -105,7 +105,7 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {
     "omnizip": MethodEntry(
-        OmniZipConfig, "OmniZip: audio-guided dynamic audio/video token compression (SPEC)",
+        OmniZipConfig, "OmniZip: audio-guided dynamic audio/video token compression (docs/algorithm.md)",
         paper="Tao et al., arXiv 2511.14582", target_defaults={"budget": "exact"},
     ),
     "omnizip-no-dynamic": MethodEntry(

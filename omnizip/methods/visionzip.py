@@ -30,7 +30,7 @@ Here:
   compute them with :func:`vision_token_scores` (see its docstring for the exact
   tensors). ``video_score="energy"`` uses the L2 norm of each video embedding instead (no
   encoder hook; not VisionZip).
-- **Audio**: OmniZip's audio side (SPEC 4 steps 1-4: salient tokens by ``audio_scores``,
+- **Audio**: OmniZip's audio side (algorithm §4 steps 1-4: salient tokens by ``audio_scores``,
   evenly spaced anchors, cross-modal merge into anchors), with the salient/anchor counts set
   so the audio keeps exactly its share of the budget: ``n_ctx = round(contextual_ratio * N_a)``
   anchors and ``k_a - n_ctx`` salient tokens (fewer anchors when ``k_a < n_ctx``).

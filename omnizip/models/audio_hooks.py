@@ -1,4 +1,4 @@
-"""SPEC 3 audio scoring on the Qwen-Omni audio encoders (a mixin of the family adapters).
+"""algorithm §3 audio scoring on the Qwen-Omni audio encoders (a mixin of the family adapters).
 
 The audio encoder's last attention layer is hooked (its input after the pre-attention
 LayerNorm); q/k are recomputed and every frame is scored by the attention it receives
@@ -53,7 +53,7 @@ class AudioScoring:
         return (feature_lens - 1) // 2 + 1
 
     def _on_audio_last_attention(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """SPEC 3: q/k of the last audio layer from its (LayerNorm-ed) input -> token scores."""
+        """algorithm §3: q/k of the last audio layer from its (LayerNorm-ed) input -> token scores."""
         call = self._call
         method = self.method
         if call is None or not self._encoder_scores():
@@ -92,7 +92,7 @@ class AudioScoring:
         self, call: PrefillCall, embeds: torch.Tensor, is_audio: torch.Tensor
     ) -> torch.Tensor | None:
         """One score per audio token of the batch, row-major (the order the model scatters
-        the audio features in), from the encoder (SPEC 3) or the ``energy`` variant."""
+        the audio features in), from the encoder (algorithm §3) or the ``energy`` variant."""
         n_audio = int(is_audio.sum())
         if n_audio == 0:
             return None
@@ -111,7 +111,7 @@ class AudioScoring:
         return audio_energy_scores(embeds[is_audio])
 
     def _score_mode(self) -> str:
-        """SPEC 3 variant: the method's ``audio_score`` ("global" / "windowed" / "energy")."""
+        """algorithm §3 variant: the method's ``audio_score`` ("global" / "windowed" / "energy")."""
         return self.method.audio_score
 
     def _encoder_scores(self) -> bool:

@@ -63,7 +63,7 @@ def select_flat(
 
 @dataclass
 class BatchCompression:
-    """The decoder inputs after compressing every row and re-padding (SPEC 5).
+    """The decoder inputs after compressing every row and re-padding (algorithm §5).
 
     Attributes:
         embeds: ``[B, L', D]`` new embeddings (pads are zeros).
@@ -165,7 +165,7 @@ def repad_rows(
     The batch is re-padded on the side it was padded on (left when no row is right-padded).
     Kept tokens keep their position ids; a leading text row (``text_row``) is renumbered
     contiguously per row from the row's first text position; pads get 1 (M-RoPE rows) / 0
-    (text row). ``rope_deltas`` is ``max(M-RoPE position) + 1 - kept`` per row (SPEC 5).
+    (text row). ``rope_deltas`` is ``max(M-RoPE position) + 1 - kept`` per row (algorithm §5).
     """
     bsz, length = padding.shape
     device = padding.device
@@ -213,7 +213,7 @@ def compress_batch(
     text_row: bool,
     video_scores: torch.Tensor | None = None,
 ) -> BatchCompression:
-    """Compress each row of a (padded) batch on its own and re-pad (SPEC 5, SPEC 6.1).
+    """Compress each row of a (padded) batch on its own and re-pad (algorithm §5, algorithm §6.1).
 
     ``method.compress`` (for OmniZip: :func:`omnizip.compress_sequence` with its config) decides
     each row over the row's real tokens only.

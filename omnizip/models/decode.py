@@ -30,7 +30,7 @@ _CROPPED = (
 
 
 class DecodeSession:
-    """What decode steps after a compressed prefill need (SPEC 5).
+    """What decode steps after a compressed prefill need (algorithm §5).
 
     The caller (``generate`` or a user loop) keeps an attention mask over the *uncompressed*
     prompt and appends to it; the cache holds the compressed prompt. :meth:`attention_mask`

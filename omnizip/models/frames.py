@@ -67,7 +67,7 @@ def tokens_per_frame_from_positions(
         video_token_id: the video placeholder id.
 
     Returns:
-        int64 ``[m]``, one ``P`` per maximal run of video tokens (SPEC 1 "Frame"), or ``None``
+        int64 ``[m]``, one ``P`` per maximal run of video tokens (algorithm §1 "Frame"), or ``None``
         when the positions are not M-RoPE (all three rows equal over the video tokens), so the
         caller can fall back to the vision grid. A frame is the run of tokens from one
         ``(h, w) = (h0, w0)`` cell to the next (or to a change of the temporal id), so two frames

@@ -12,7 +12,7 @@ Where the hooks sit (module paths of ``Qwen2_5OmniThinkerForConditionalGeneratio
 ``thinker.model.visual`` (pre)        remember ``grid_thw`` (tokens-per-frame fallback)
 ``thinker.model.audio_tower`` (pre)   frames per audio stream (``feature_lens``)
 ``audio_tower.layers[-1].self_attn``  its input after the pre-attention LayerNorm: recompute
-(pre)                                 q/k and score the frames (SPEC 3), pooled to tokens
+(pre)                                 q/k and score the frames (algorithm §3), pooled to tokens
 ``thinker.model.language_model``      the multimodal embeddings and position ids are built:
 (pre)                                 compress every row (core), re-pad, keep original M-RoPE
                                       positions, renumber the text row, set ``rope_deltas``
@@ -78,7 +78,7 @@ class QwenOmniModules(NamedTuple):
 
 
 class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
-    """Hooks for ``Qwen2_5OmniForConditionalGeneration`` and its thinker (SPEC 3, 5).
+    """Hooks for ``Qwen2_5OmniForConditionalGeneration`` and its thinker (algorithm §3, 5).
 
     The base of the Qwen-Omni shape. A family of the same shape (Qwen3-Omni) is a subclass
     setting the data (:attr:`name`, :attr:`layout`, :attr:`model_classes`,
@@ -94,7 +94,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         "Qwen2_5OmniForConditionalGeneration",
         "Qwen2_5OmniThinkerForConditionalGeneration",
     )
-    #: the audio encoder average-pools frame pairs into LLM tokens (SPEC 3)
+    #: the audio encoder average-pools frame pairs into LLM tokens (algorithm §3)
     audio_pool = 2
 
     def __init__(self, model: torch.nn.Module, handle: Any) -> None:
@@ -241,7 +241,7 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         return None
 
     def _on_decoder(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
-        """SPEC 5: compress the prefill between the multimodal merge and the first layer
+        """algorithm §5: compress the prefill between the multimodal merge and the first layer
         (in-decoder methods: hand the prefill to the method's hooks instead)."""
         call, self._call = self._call, None
         grids, self._visual_grids = self._visual_grids, []

@@ -8,7 +8,7 @@ three overrides:
 ``audio_pool = 1``
     The audio encoder downsamples with three stride-2 convolutions *before* its layers and has
     no pooling after them: every frame of the last layer is one LLM audio token (about 13 per
-    second). Token scores are the frame scores (SPEC 3).
+    second). Token scores are the frame scores (algorithm §3).
 :meth:`~Qwen3OmniAdapter._stream_frames`
     Frames per audio stream: mel frames in chunks of ``2 * n_window`` (100), each full chunk
     giving 13 frames, the tail chunk ``ceil`` halved three times, as the encoder computes them.
@@ -51,10 +51,10 @@ so every maximal video run ``V_i`` holds exactly one frame, and ``A_i`` is the a
 trailing video (audio shorter than the video) follows the last audio run as one multi-frame run;
 trailing audio (audio longer) extends the last ``A_i``.
 
-* Windows stay SPEC 1's rule: window ``i`` pairs ``V_i`` with ``A_i``. On this layout that is
+* Windows stay algorithm §1's rule: window ``i`` pairs ``V_i`` with ``A_i``. On this layout that is
   one frame with its own audio, so the audio guidance (steps 5-7) runs per frame, with the
   budget normalisation over all guided frames; trailing frames without audio are unguided
-  (``rho_video``), as in SPEC.
+  (``rho_video``), as in docs/algorithm.md.
 * Frame parity runs along the stream (``OmniZipConfig(frame_parity="stream")``): consecutive
   video runs separated only by audio tokens (one interleaved video) count frames 0, 1, 2, ...
   across runs, even frames are pruned spatially (DPC-kNN), odd frames temporally against the
@@ -99,7 +99,7 @@ def _conv_stem(frames: torch.Tensor) -> torch.Tensor:
 
 
 class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
-    """Hooks for ``Qwen3OmniMoeForConditionalGeneration`` and its thinker (SPEC 3, 5).
+    """Hooks for ``Qwen3OmniMoeForConditionalGeneration`` and its thinker (algorithm §3, 5).
 
     Attributes:
         frame_parity: ISTC frame parity used on this model when the method leaves its
@@ -117,7 +117,7 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         "Qwen3OmniMoeForConditionalGeneration",
         "Qwen3OmniMoeThinkerForConditionalGeneration",
     )
-    #: no pooling after the encoder layers: one LLM token per last-layer frame (SPEC 3)
+    #: no pooling after the encoder layers: one LLM token per last-layer frame (algorithm §3)
     audio_pool = 1
     audio_tokens_per_second = AUDIO_TOKENS_PER_SECOND
     frame_parity = "stream"

@@ -6,7 +6,7 @@ Panels, top to bottom, on one time axis (seconds into the clip):
 1. per 2-second window: the audio retention ``S_i`` (bars) and the video compression ratio
    ``r_i`` the window got from it (line; dashed: ``r_min``, ``r_max`` and ``rho_video``);
 2. the audio track (waveform envelope) with one strip cell per audio token: salient (kept),
-   anchor (kept, other tokens merged into it), merged into an anchor, dropped; the SPEC 3
+   anchor (kept, other tokens merged into it), merged into an anchor, dropped; the algorithm §3
    audio score of every token drawn over it;
 3. the sampled frames (one per vision grid step) with the kept-token map over them: dropped
    video tokens are shaded, kept ones clear; each frame says whether ISTC pruned it spatially

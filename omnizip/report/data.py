@@ -123,7 +123,7 @@ def derive(data: ReportData) -> Derived:
     else:
         step_t = np.arange(steps) * data.seconds_per_step
 
-    # windows (SPEC 1): audio chunk i with video chunk i
+    # windows (algorithm §1): audio chunk i with video chunk i
     a_chunks = to_numpy(getattr(res, "audio_chunks", np.zeros((0, 2), np.int64))).reshape(-1, 2)
     retention = to_numpy(getattr(res, "window_audio_retention", np.zeros(0)))
     ratios = to_numpy(getattr(res, "video_chunk_ratio", np.zeros(0)))

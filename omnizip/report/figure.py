@@ -131,7 +131,7 @@ def render_report(data: ReportData) -> bytes:
             lo, hi = float(np.min(sc)), float(np.max(sc))
             norm = (sc - lo) / (hi - lo) if hi > lo else np.full_like(sc, 0.5)
             ax2.plot(d.audio_t + d.audio_dt / 2, 0.05 + 0.9 * norm, color="#1f3f7f", lw=1.1,
-                     label="audio token score (SPEC 3, min-max scaled)", zorder=3)
+                     label="audio token score (algorithm §3, min-max scaled)", zorder=3)
         # anchors: ticks above the strip
         anchor_t = d.audio_t[d.status == "anchor"] + d.audio_dt / 2
         ax2.scatter(anchor_t, np.full(anchor_t.shape, 0.02), marker="v", s=40,

@@ -1,7 +1,7 @@
 """Run OmniZip requests through vLLM and record what its decoder sees, on every rank.
 
 Runs in the vLLM environment (``.venv-vllm``), driven by tests/test_vllm_equivalence.py from
-the main environment: ``python capture_vllm.py SPEC.json OUT.pt``. One engine start serves every
+the main environment: ``python capture_vllm.py docs/algorithm.md.json OUT.pt``. One engine start serves every
 request of the spec; the plugin is loaded through its ``vllm.general_plugins`` entry point.
 Functions sent to the workers (``collective_rpc``) record, per request and per rank, the media
 encoder's outputs (kept tokens with their position channels) and the decoder's prefill inputs
