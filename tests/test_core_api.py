@@ -73,6 +73,11 @@ def test_presets_are_the_papers():
     assert (OmniZipConfig.preset(35).rho_audio, OmniZipConfig.preset("35%").rho_video) == (0.4, 0.7)
     assert OmniZipConfig() == OmniZipConfig.preset("45")
     assert OmniZipConfig.preset("35", g=15).g == 15
+    # a field given with a preset wins over the preset's value (was a TypeError)
+    tuned = OmniZipConfig.preset("35", rho_video=0.5)
+    assert (tuned.rho_audio, tuned.rho_video) == (0.4, 0.5)
+    with pytest.raises(ValueError, match="rho_video"):
+        OmniZipConfig.preset("45", rho_video=1.5)
     with pytest.raises(ValueError, match="preset must be one of"):
         OmniZipConfig.preset("50")
     cfg = OmniZipConfig(budget="exact")

@@ -151,12 +151,14 @@ class OmniZipConfig:
 
     @classmethod
     def preset(cls, name: str | int, **overrides: Any) -> OmniZipConfig:
-        """The paper's operating points: ``"45"`` (rho 0.3 / 0.6) or ``"35"`` (0.4 / 0.7)."""
+        """The paper's operating points: ``"45"`` (rho 0.3 / 0.6) or ``"35"`` (0.4 / 0.7);
+        ``overrides`` set any field, ``rho_audio`` / ``rho_video`` included (they win over the
+        preset's values)."""
         key = str(name).rstrip("%")
         if key not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
         rho_audio, rho_video = PRESETS[key]
-        return cls(rho_audio=rho_audio, rho_video=rho_video, **overrides)
+        return cls(**{"rho_audio": rho_audio, "rho_video": rho_video, **overrides})
 
     @property
     def needs_audio_scores(self) -> bool:
