@@ -4,8 +4,11 @@ Every ```python block of README.md is executed on its own, in a fresh namespace,
 repository root (as a reader pasting it would). A block may opt out of running only with a
 first line ``# readme: no-run (<reason>)`` whose reason names what cannot exist in the test
 environment: a real checkpoint (a download) or a GPU. Opted-out blocks are still compiled, and
-:func:`test_opt_outs_are_justified` lists them with their reasons. The blocks are found anew on
-every run, so sections added later are covered without touching this file.
+:func:`test_opt_outs_are_justified` lists them with their reasons. A block that talks to the
+``make serve`` server starts with ``# readme: needs-server`` instead: tests/test_vllm_server.py
+runs it as written against the real vLLM server it starts (only the address and the media
+folder the server may read are swapped in). The blocks are found anew on every run, so sections
+added later are covered without touching this file.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ README = ROOT / "README.md"
 NO_RUN = re.compile(r"^#\s*readme:\s*no-run\s*\((?P<reason>[^)]*)\)\s*$")
 #: what an opt-out reason must name: only these cannot exist here
 JUSTIFIED = re.compile(r"checkpoint|GPU|CUDA", re.IGNORECASE)
+#: a block run by tests/test_vllm_server.py against the server it starts
+NEEDS_SERVER = re.compile(r"^#\s*readme:\s*needs-server\b")
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
@@ -45,7 +50,13 @@ def opt_out_reason(source: str) -> str | None:
 
 
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
-RUN = [(line, src) for line, src in BLOCKS if opt_out_reason(src) is None]
+def needs_server(source: str) -> bool:
+    first = source.lstrip("\n").splitlines()[0] if source.strip() else ""
+    return bool(NEEDS_SERVER.match(first.strip()))
+
+
+SERVER_BLOCKS = [(line, src) for line, src in BLOCKS if needs_server(src)]
+RUN = [(line, src) for line, src in BLOCKS if opt_out_reason(src) is None and not needs_server(src)]
 NOT_RUN = [(line, src, opt_out_reason(src)) for line, src in BLOCKS if opt_out_reason(src) is not None]
 
 
@@ -56,6 +67,16 @@ def test_the_extractor_finds_blocks_and_markers():
     assert opt_out_reason(blocks[0][1]) is None
     assert opt_out_reason(blocks[1][1]) == "needs a GPU"
     assert BLOCKS, "README.md has no python blocks"
+    assert needs_server("# readme: needs-server (make serve)\nx\n")
+    assert not needs_server("x = 1\n")
+
+
+def test_server_blocks_talk_to_make_serve():
+    """The blocks left to tests/test_vllm_server.py are requests to `make serve`'s address."""
+    assert SERVER_BLOCKS, "README.md shows no request to the vLLM server"
+    for line, source in SERVER_BLOCKS:
+        assert "http://127.0.0.1:8000" in source, f"README.md:{line}"
+        compile(source, f"README.md:{line}", "exec", dont_inherit=True)
 
 
 def test_opt_outs_are_justified():

@@ -160,3 +160,28 @@ def test_malformed_media_url_gets_an_error_and_the_server_keeps_serving(
     assert err.value.status_code == status
     assert server.healthy()
     assert _ask(client, (media / "demo_clip.mp4").as_uri(), QUESTION).usage.completion_tokens >= 1
+
+
+def test_readme_openai_request_runs_as_written(server, checkpoint, media, monkeypatch, capsys):
+    """README "Serving on vLLM": its openai-client block, run as written against this server
+    (only `make serve`'s address and the clip's folder, which this server may read, are
+    swapped in), prints the prompt tokens its comment states and this test computes."""
+    import re
+
+    from test_readme import SERVER_BLOCKS
+
+    (line, source), = SERVER_BLOCKS
+    monkeypatch.chdir(media.parent)  # the block's relative path resolves under the media folder
+    source = source.replace("http://127.0.0.1:8000", server.base_url)
+    source = source.replace('"omnizip/assets/demo_clip.mp4"', f'"{media.name}/demo_clip.mp4"')
+    exec(compile(source, f"README.md:{line}", "exec", dont_inherit=True), {"__name__": "__readme__"})
+    printed = int(capsys.readouterr().out.split()[-1])
+
+    stated = re.search(r"# (\d+) with OmniZip \(preset 45\), (\d+) with OMNIZIP=off", source)
+    family = server.model.name  # "tiny-<family>" folder of save_tiny_checkpoint's caller
+    layout = uncompressed_layout(checkpoint, media / "demo_clip.mp4",
+                                 "What happens in the video, and what is said?")
+    assert printed == _expected_prompt_tokens(server, layout)
+    if "qwen2.5" in family:  # the README's numbers are the built-in Qwen2.5-Omni's
+        on, off = int(stated.group(1)), int(stated.group(2))
+        assert printed == (on if _omnizip(server) == "on" else off)
