@@ -117,6 +117,14 @@ def _dedupe(items: list[Item], path: Path) -> list[Item]:
     return items
 
 
+def _record_list(path: Path) -> list:
+    """The annotation file's records, which must be a list (a clear error otherwise)."""
+    data = read_records(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    return data
+
+
 def _find_relative(rel: str, video_dir: Path | None, annotations: Path) -> str:
     """A media path given relative to a dataset root: under ``video_dir`` when given (also by
     its file name alone), else under the annotation file's folder or the one above it (the
@@ -203,9 +211,7 @@ def load_worldsense(path: str | os.PathLike, video_dir: str | os.PathLike | None
 def load_videomme(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """Video-MME (see the module docstring for the fields)."""
     path = Path(path)
-    data = read_records(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    data = _record_list(path)
     if video_dir is not None:
         folder = Path(video_dir)
     else:
@@ -241,9 +247,7 @@ def load_videomme(path: str | os.PathLike, video_dir: str | os.PathLike | None =
 def load_avut(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """AVUT (see the module docstring for the fields)."""
     path = Path(path)
-    data = read_records(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    data = _record_list(path)
     folder = Path(video_dir) if video_dir is not None else path.parent
     items = []
     for i, record in enumerate(data):
@@ -283,9 +287,7 @@ def load_avut(path: str | os.PathLike, video_dir: str | os.PathLike | None = Non
 def load_shortvid(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """ShortVid-Bench (see the module docstring for the fields)."""
     path = Path(path)
-    data = read_records(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    data = _record_list(path)
     folder = Path(video_dir) if video_dir is not None else default_folder(path, ("videos", "video"))
     items = []
     for i, record in enumerate(data):
@@ -314,9 +316,7 @@ def load_shortvid(path: str | os.PathLike, video_dir: str | os.PathLike | None =
 def load_dailyomni(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """Daily-Omni (see the module docstring for the fields)."""
     path = Path(path)
-    data = read_records(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    data = _record_list(path)
     folder = Path(video_dir) if video_dir is not None else default_folder(path, ("Videos", "videos"))
     items = []
     for i, record in enumerate(data):
