@@ -15,6 +15,24 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor (in elements) any op produces while it is active: the
+    memory-bound probe of the core tests (``with LargestTensor() as probe: ...; probe.largest``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
 
 NEW_TOKENS = 3
 VIDEO, IMAGE = 151656, 151655  # the same ids in both families

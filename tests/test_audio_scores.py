@@ -14,9 +14,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import LargestTensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from omnizip import audio_attention_scores
 from omnizip.core.scores import plan_score_blocks
@@ -182,17 +182,6 @@ def test_plan_masks_only_groups_with_a_shorter_segment():
     assert not any(group.padded for group in one.groups)
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("scope", ["global", "windowed"])
@@ -202,7 +191,7 @@ def test_temporaries_bounded_by_input_or_cap(scope):
     kw = (dict(stream_lengths=lengths) if scope == "global"
           else dict(cu_seqlens=[0, 100, 200, 300, 400, 420, 520, 601]))
     block = 4096
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         got = audio_attention_scores(q, k, scope=scope, block_elements=block, **kw)
     assert probe.largest <= max(q.numel(), block)
     segments = spans(lengths) if scope == "global" else spans([100, 100, 100, 100, 20, 100, 81])

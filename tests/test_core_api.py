@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestTensor
 
 from omnizip import (
     OmniZipConfig,
@@ -229,19 +229,6 @@ def test_block_size_does_not_change_merged_embeddings_bit_for_bit(scope, seed):
         assert torch.equal(getattr(big, name), getattr(small, name)), name
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def test_memory_stays_bounded_no_pool_by_video_matrix():
@@ -252,7 +239,7 @@ def test_memory_stays_bounded_no_pool_by_video_matrix():
     block = 4096
     pool = 3000 * (0.3 - 0.05)
     assert pool * n_video > 20 * max(embeds.numel(), block)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         run(embeds, ids, scores, 16, block_elements=block)
     assert probe.largest <= max(embeds.numel(), 4 * block)
 
@@ -262,7 +249,7 @@ def test_attention_scores_never_form_h_t_t():
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(t, h, d, generator=gen), torch.randn(t, h, d, generator=gen)
     block = 8192
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         blocked = audio_attention_scores(q, k, block_elements=block)
     assert probe.largest < h * t * t // 10
     full = torch.softmax(torch.einsum("ihd,jhd->hij", q, k) * d**-0.5, dim=-1).sum(dim=(0, 1))
@@ -453,7 +440,7 @@ def test_huge_g_is_bounded_by_the_pool():
     embeds, ids, scores = interleaved(3, 4, audio=40, dim=8, seed=6)
     n_pool = 120 - round(0.7 * 120) - round(0.05 * 120)
     block = 4096
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         large = run(embeds, ids, scores, 4, g=10**5, block_elements=block)
     assert probe.largest <= max(embeds.numel(), block)
     at_pool = run(embeds, ids, scores, 4, g=n_pool, block_elements=block)
