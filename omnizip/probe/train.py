@@ -1,0 +1,161 @@
+"""Training the probe from scratch on a CPU: a three-stage curriculum (docs/probe.md).
+
+Trained from scratch on the full task, a model this small stays at chance: nothing tells it
+which of the many video tokens matters before it can read a colour at all, and a random
+gradient background hides a lone square from attention that is still uniform. The curriculum
+(:data:`CURRICULUM`) first shows one-window clips on a plain background with only the target
+square (learn to read a colour), then full-length clips with only the target square on the
+gradient background (learn to find it), then the full task with three distractor windows (learn
+which square the question means: the tone's window, or the ring). A stage ends when the
+accuracy over its last ``window`` batches reaches its threshold, or after its step cap.
+
+Training clips come from seeds ``(seed, step, row)`` through ``numpy.random.SeedSequence``; the
+held-out clips (:func:`heldout_seeds`) come from a separate key, so they are never trained on.
+Rows of a batch alternate between the two variants.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .model import PROBE_SIZES, answer_token_ids, build_probe_model
+from .task import VARIANTS, ProbeTask, build_batch, build_probe_processor, make_sample
+
+__all__ = ["CURRICULUM", "Stage", "TrainSettings", "heldout_seeds", "train_probe", "training_seeds"]
+
+#: SeedSequence keys of the two sample streams
+_TRAIN_KEY, _HELDOUT_KEY = 1, 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: which clips, and when it ends.
+
+    ``windows`` None means the task's own window count.
+    """
+
+    name: str
+    windows: int | None
+    plain: bool
+    distractors: bool
+    max_steps: int
+    accuracy: float
+
+
+CURRICULUM: tuple[Stage, ...] = (
+    Stage("read", windows=1, plain=True, distractors=False, max_steps=150, accuracy=0.95),
+    Stage("find", windows=None, plain=False, distractors=False, max_steps=250, accuracy=0.95),
+    Stage("full", windows=None, plain=False, distractors=True, max_steps=900, accuracy=0.98),
+)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser settings (defaults: those of the committed weights)."""
+
+    batch: int = 16
+    lr: float = 2e-3
+    warmup: int = 20
+    window: int = 10  # batches in the running accuracy that ends a stage
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    stages: tuple[Stage, ...] = CURRICULUM
+
+
+def _seed_int(*key: int) -> int:
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def training_seeds(seed: int, step: int, batch: int) -> list[int]:
+    """Clip seeds of one training batch."""
+    return [_seed_int(_TRAIN_KEY, seed, step, row) for row in range(batch)]
+
+
+def heldout_seeds(n: int) -> list[int]:
+    """Clip seeds of the held-out set (the same for every model)."""
+    return [_seed_int(_HELDOUT_KEY, i) for i in range(n)]
+
+
+def _lr(settings: TrainSettings, step: int) -> float:
+    """Linear warm-up over the first steps, then constant (a stage ends on accuracy, so no
+    schedule can know the run's length)."""
+    return settings.lr * min(1.0, (step + 1) / settings.warmup)
+
+
+def train_probe(
+    seed: int,
+    task: ProbeTask | None = None,
+    settings: TrainSettings | None = None,
+    log: Callable[[str], None] | None = None,
+    sizes: dict[str, int] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a probe model from the seeded initialisation; returns ``(model, record)``.
+
+    ``record`` holds what :func:`omnizip.probe.model.save_probe` stores: seed, sizes, task,
+    answer token ids, settings and the history (per stage: steps, seconds, final running
+    accuracy per variant).
+    """
+    task = task or ProbeTask()
+    settings = settings or TrainSettings()
+    sizes = dict(sizes or PROBE_SIZES)
+    processors: dict[int, Any] = {}
+    torch.manual_seed(seed)
+    model = None
+    history: list[dict[str, Any]] = []
+    step = 0
+    start = time.perf_counter()
+    for stage in settings.stages:
+        clip_task = replace(task, windows=stage.windows or task.windows)
+        if clip_task.windows not in processors:
+            processors[clip_task.windows] = build_probe_processor(clip_task)
+        processor = processors[clip_task.windows]
+        if model is None:
+            token_ids = answer_token_ids(processor.tokenizer)
+            model = build_probe_model(seed, token_ids, sizes)
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        recent: list[torch.Tensor] = []  # [batch] correct flags of the last batches
+        stage_start, stage_steps = time.perf_counter(), 0
+        while stage_steps < stage.max_steps:
+            samples = [make_sample(clip_task, VARIANTS[row % len(VARIANTS)], s,
+                                   distractors=stage.distractors, plain=stage.plain)
+                       for row, s in enumerate(training_seeds(seed, step, settings.batch))]
+            inputs, answers = build_batch(processor, samples)
+            for group in optimiser.param_groups:
+                group["lr"] = _lr(settings, step)
+            logits = model(**inputs, use_audio_in_video=True).logits[:, -1]
+            target = torch.from_numpy(answers)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            optimiser.step()
+            recent = [*recent, (logits.detach().argmax(-1) == target).float()][-settings.window:]
+            step, stage_steps = step + 1, stage_steps + 1
+            running = torch.stack(recent)
+            by_variant = {v: float(running[:, i::len(VARIANTS)].mean()) for i, v in enumerate(VARIANTS)}
+            if log is not None and stage_steps % 10 == 0:
+                log(f"{stage.name:>5} step {stage_steps:4d} loss {loss.item():.3f} running accuracy "
+                    f"{float(running.mean()):.3f} ({', '.join(f'{v} {a:.2f}' for v, a in by_variant.items())})"
+                    f" {time.perf_counter() - start:.0f} s")
+            if len(recent) == settings.window and float(running.mean()) >= stage.accuracy:
+                break
+        history.append({"stage": stage.name, "steps": stage_steps,
+                        "running_accuracy": round(float(running.mean()), 4),
+                        "running_by_variant": {v: round(a, 4) for v, a in by_variant.items()},
+                        "seconds": round(time.perf_counter() - stage_start, 1)})
+    model.eval()
+    record = {
+        "seed": seed, "sizes": sizes, "task": task.to_dict(), "answer_token_ids": token_ids,
+        "settings": {**asdict(settings), "stages": [asdict(s) for s in settings.stages]},
+        "history": history, "train_seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+    }
+    return model, record
