@@ -26,12 +26,13 @@ TASK = ProbeTask()
 FRAMES_PER_WINDOW = SECONDS_PER_WINDOW * FPS
 
 
-def squares_in(frames: np.ndarray) -> list[tuple[int, int, int]]:
-    """(window, cell row, cell col) of every cell whose top pixel row, averaged over the
-    window's frames, is one of the answer colours: the squares, read back from the pixels."""
+def squares_in(frames: np.ndarray, frames_of_window: slice = slice(0, FPS)) -> list[tuple[int, int, int]]:
+    """(window, cell row, cell col) of every cell whose top pixel row, averaged over the given
+    frames of each window, is one of the answer colours: the squares, read back from the
+    pixels."""
     t, h, w, _ = frames.shape
     rows = frames.reshape(t // FRAMES_PER_WINDOW, FRAMES_PER_WINDOW, h // CELL, CELL, w // CELL,
-                          CELL, 3)[:, :, :, 0].astype(float).mean(axis=(1, 4))  # [W, rows, cols, 3]
+                          CELL, 3)[:, frames_of_window, :, 0].astype(float).mean(axis=(1, 4))
     palette = np.array([c for _, c in COLOURS], dtype=float)
     distance = np.abs(rows[..., None, :] - palette).sum(-1).min(-1)
     return [tuple(int(i) for i in idx) for idx in np.argwhere(distance < 30)]
@@ -54,6 +55,7 @@ def test_a_clip_holds_what_its_answer_says(variant, seed):
     assert sample.frames.dtype == np.uint8 and sample.audio.dtype == np.float32
     squares = squares_in(sample.frames)
     assert sorted(w for w, _, _ in squares) == list(range(TASK.windows)), "one square per window"
+    assert squares_in(sample.frames, slice(FPS, None)) == [], "the square flashes for 1 s only"
     w, r, c = next(s for s in squares if s[0] == sample.target)
     block = sample.frames[w * FRAMES_PER_WINDOW, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
     assert nearest_colour(block[1].astype(float)) == sample.answer  # the edge row: its colour
@@ -62,6 +64,9 @@ def test_a_clip_holds_what_its_answer_says(variant, seed):
     energy = window_energy(sample.audio)
     assert int(np.argmax(energy)) == sample.tone
     assert energy.max() > 20 * np.median(energy), "one loud tone, low noise elsewhere"
+    per_second = (sample.audio.reshape(-1, SAMPLING_RATE).astype(np.float64) ** 2).mean(axis=1)
+    loud = np.flatnonzero(per_second > 20 * np.median(per_second)).tolist()
+    assert loud == [SECONDS_PER_WINDOW * sample.tone], "the tone sounds with the flash (1 s)"
     if variant == "audio":
         assert sample.tone == sample.target
     again = make_sample(TASK, variant, seed)
@@ -116,3 +121,122 @@ def test_clip_length_feature_window_gives_the_checkpoints_features():
     assert a.shape == (128, TASK.seconds * 100)
     assert np.array_equal(a[:, :-1], b[:, :-1])
     assert np.abs(a[:, -1] - b[:, -1]).max() < 0.1
+
+
+# ----------------------------------------------------------------------------- committed weights
+
+HELDOUT_PER_VARIANT = 24
+
+
+@pytest.fixture(scope="module")
+def probe():
+    from omnizip.probe.model import load_probe
+
+    return load_probe()
+
+
+@pytest.fixture(scope="module")
+def heldout(probe):
+    from omnizip.probe.evaluate import heldout_set
+
+    return heldout_set(probe, HELDOUT_PER_VARIANT)
+
+
+@pytest.fixture(scope="module")
+def full_row(probe, heldout):
+    from omnizip.probe.evaluate import evaluate
+
+    return evaluate(probe, heldout)
+
+
+def test_committed_weights_answer_the_heldout_clips(full_row):
+    assert full_row["n"] == 2 * HELDOUT_PER_VARIANT
+    assert full_row["kept"] == full_row["kept_audio"] == full_row["kept_video"] == 1.0
+    assert full_row["accuracy"] >= 0.95, full_row
+    for variant, accuracy in full_row["accuracy_by_variant"].items():
+        assert accuracy >= 0.9, (variant, full_row)
+
+
+def test_the_probe_discriminates_random_pruning(probe, heldout, full_row):
+    """Random pruning to 25% loses the flashed square often enough to cost clearly."""
+    from omnizip.probe.evaluate import evaluate, probe_method
+
+    row = evaluate(probe, heldout, probe_method("random", 0.25), "random", 0.25)
+    assert row["kept"] == pytest.approx(0.25, abs=0.01)
+    assert row["kept_audio"] == pytest.approx(0.25, abs=0.01)
+    assert row["accuracy"] <= full_row["accuracy"] - RANDOM_MARGIN, (row, full_row)
+
+
+RANDOM_MARGIN = 0.2
+
+
+def test_the_weights_file_holds_only_the_trained_parameters(probe):
+    from safetensors import safe_open
+
+    from omnizip.probe.model import ASSETS
+
+    path = ASSETS / "probe.safetensors"
+    assert path.stat().st_size < 8_000_000
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
+    assert not any("embed_tokens" in n for n in names)
+    assert "lm_head.weight" in names
+    assert probe.model.lm_head.weight.shape == (4, probe.record["sizes"]["text_hidden"])
+    # the frozen table is rebuilt from the seed: the same as a fresh seeded model's
+    from omnizip.probe.model import build_probe_model
+
+    fresh = build_probe_model(probe.record["seed"], probe.record["answer_token_ids"],
+                              probe.record["sizes"])
+    assert torch.equal(fresh.model.embed_tokens.weight, probe.model.model.embed_tokens.weight)
+
+
+def test_load_probe_refuses_missing_or_mismatched_files(tmp_path):
+    import shutil
+
+    from omnizip.probe.model import ASSETS, load_probe
+
+    with pytest.raises(FileNotFoundError, match="missing probe.safetensors"):
+        load_probe(tmp_path)
+    shutil.copy(ASSETS / "probe.json", tmp_path / "probe.json")
+    from safetensors.torch import save_file
+
+    save_file({"lm_head.weight": torch.zeros(4, 8)}, str(tmp_path / "probe.safetensors"))
+    with pytest.raises(ValueError, match="do not match the model"):
+        load_probe(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_probe_command_prints_the_rows_as_json(capsys, tmp_path):
+    from omnizip import cli
+    from omnizip.probe.report import JSON_KEYS
+
+    code = cli.main(["probe", "--methods", "random,omnizip", "--retentions", "0.25", "--samples",
+                     "2", "--json", "--quiet", "-o", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = json.loads(out.out)
+    assert [(r["method"], r["retention"]) for r in rows] == [
+        ("full", 1.0), ("random", 0.25), ("omnizip", 0.25)]
+    for row in rows:
+        assert tuple(row) == JSON_KEYS
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert rows[0]["kept"] == 1.0 and abs(rows[1]["kept"] - 0.25) < 0.01
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == ["full", "random", "omnizip"]
+    assert (tmp_path / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "nope"], "--methods: unknown method 'nope'; known methods: omnizip"),
+    (["--retentions", "0.3,1.5"], "--retentions: each retention must lie in (0, 1], got 1.5"),
+    (["--retentions", "x"], "--retentions: 'x' is not a number"),
+    (["--samples", "0"], "--samples must be >= 1, got 0"),
+])
+def test_probe_command_refuses_bad_options_in_one_line(capsys, tmp_path, args, message):
+    from omnizip import cli
+
+    code = cli.main(["probe", "--quiet", "-o", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err, err

@@ -9,7 +9,10 @@ prune layer).
 
 Method options the probe model needs (:data:`PROBE_OPTIONS`): FastV prunes after decoder layer
 ``K``; the probe's decoder has 4 layers, so ``K = 1`` (a quarter of the depth, near the OmniZip
-paper's ``K = 5`` of 28) instead of the default 5, which this model does not have.
+paper's ``K = 5`` of 28) instead of the default 5, which this model does not have. And audio
+competes with video in FastV's ranking (``modalities=("audio", "video")``): with video alone
+as candidates, the audio (41% of the probe's tokens) would stay whole and FastV could not go
+below 41% retention.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ __all__ = [
     "evaluate",
     "heldout_set",
     "probe_method",
+    "retention_at_flops",
     "sweep",
 ]
 
 FULL = "full"
 #: per-method options the probe model needs (see the module docstring)
-PROBE_OPTIONS: dict[str, dict[str, Any]] = {"fastv": {"layer": 1}}
+PROBE_OPTIONS: dict[str, dict[str, Any]] = {
+    "fastv": {"layer": 1, "modalities": ("audio", "video")},
+}
 
 
 def default_methods() -> list[str]:
@@ -153,3 +159,33 @@ def sweep(
                 progress(f"{name} at retention {retention:g}")
             rows.append(evaluate(probe, heldout, probe_method(name, retention), name, retention))
     return rows
+
+
+def retention_at_flops(config: Any, counts: tuple[int, int, int], target: float,
+                       prune_layer: int | None) -> float | None:
+    """The retention at which a method pruning after ``prune_layer`` (None: before the decoder)
+    costs ``target`` of the full decoder FLOPs (:func:`omnizip.flops.flops_ratio`), for one
+    prompt of ``counts = (text, audio, video)`` tokens; None when no retention reaches it.
+
+    The cost depends only on how many tokens are kept, so this bisects on the kept count.
+    """
+    n_text, n_audio, n_video = counts
+    total = n_audio + n_video
+
+    def ratio(kept: int) -> float:
+        kept_audio = min(kept, n_audio)
+        return flops_ratio(config, n_text, n_audio, n_video, kept_audio, kept - kept_audio,
+                           prune_layer=prune_layer)
+
+    if ratio(0) > target + 1e-12:
+        return None
+    lo, hi = 0, total  # ratio(lo) <= target
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ratio(mid) <= target + 1e-12:
+            lo = mid
+        else:
+            hi = mid
+    kept = hi if ratio(hi) <= target + 1e-12 else lo
+    return kept / total if kept else None
+

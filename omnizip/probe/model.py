@@ -81,11 +81,22 @@ def frozen_parameter(name: str) -> bool:
     return name.endswith("embed_tokens.weight")
 
 
-def build_probe_model(seed: int, token_ids: list[int], sizes: dict[str, int] | None = None) -> Any:
-    """The seeded probe thinker (float32, CPU, eval mode) with its :class:`AnswerHead`."""
-    from ..demo.tiny_model import build_tiny_qwen2_5_omni_thinker
+def build_probe_model(seed: int, token_ids: list[int], sizes: dict[str, Any] | None = None) -> Any:
+    """The seeded probe thinker (float32, CPU, eval mode) with its :class:`AnswerHead`.
 
-    model = build_tiny_qwen2_5_omni_thinker(seed=seed, **(sizes or PROBE_SIZES))
+    ``sizes``: :func:`omnizip.demo.tiny_model.tiny_thinker_config` arguments, plus
+    ``rope_theta`` (the decoder's rotary base).
+    """
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from ..demo.tiny_model import _finish, tiny_thinker_config
+
+    sizes = dict(sizes or PROBE_SIZES)
+    theta = sizes.pop("rope_theta", None)
+    cfg = tiny_thinker_config(**sizes)
+    if theta is not None:
+        cfg.text_config.rope_parameters["rope_theta"] = float(theta)
+    model = _finish(Qwen2_5OmniThinkerForConditionalGeneration(cfg), seed)
     head = model.lm_head.weight[torch.tensor(token_ids)]
     model.lm_head = AnswerHead(head, token_ids)
     for name, param in model.named_parameters():

@@ -1,10 +1,11 @@
 """The probe's task: short clips made in code, one question, four answers (docs/probe.md).
 
-A clip is ``windows`` Qwen2.5-Omni chunks of 2 seconds (2 frames per second, 16 kHz mono audio).
-Every window may show one coloured square, always exactly one merged vision token in size (a
-28 x 28-pixel cell of the 2 x 2-merged 14-pixel patch grid), still for the whole window, over
-a muted random gradient. The audio is low noise plus one loud tone lasting one second inside
-one window. Two variants ask about one *target* window:
+A clip is ``windows`` Qwen2.5-Omni chunks of 2 seconds (2 frames per second, 16 kHz mono audio),
+over a muted random gradient. In every window a coloured square flashes for the window's first
+second (its first two frames: the first temporal grid step), always exactly one merged vision
+token in size (a 28 x 28-pixel cell of the 2 x 2-merged 14-pixel patch grid). The audio is low
+noise plus one loud tone that sounds during the first second of one window, with that window's
+flash. Two variants ask about one *target* window:
 
 * ``"audio"`` (audio-led): "What colour is the square when the tone sounds?" The tone sounds in
   the target window; every window shows a solid square, so only the sound says where to look.
@@ -56,6 +57,7 @@ SECONDS_PER_WINDOW = 2  # Qwen2.5-Omni's interleaving chunk
 FPS = 2  # Qwen2.5-Omni's default sampling rate
 SAMPLING_RATE = 16000
 CELL = 28  # pixels of one merged vision token (14-pixel patches, 2 x 2 merge)
+FLASH_SECONDS = 1  # the square, and the tone with it, in the first second of a window
 AUDIO_TOKENS_PER_SECOND = 25
 
 
@@ -69,7 +71,6 @@ class ProbeTask:
 
     windows: int = 4
     frame_size: int = 168
-    tone_seconds: float = 1.0
     noise: float = 0.02
     tone_amplitude: float = 0.3
 
@@ -80,9 +81,6 @@ class ProbeTask:
                 or self.frame_size < 2 * CELL or self.frame_size % CELL):
             raise ValueError(f"frame_size must be a multiple of {CELL} >= {2 * CELL}, got "
                              f"{self.frame_size!r}")
-        if not 0 < self.tone_seconds <= SECONDS_PER_WINDOW:
-            raise ValueError(f"tone_seconds must lie in (0, {SECONDS_PER_WINDOW}], got "
-                             f"{self.tone_seconds!r}")
 
     @property
     def cells(self) -> int:
@@ -118,6 +116,7 @@ class ProbeSample:
     variant: str
     target: int  # the window asked about
     tone: int  # the window the tone sounds in
+    colours: tuple[int, ...] = ()  # per window: colour index of its square, -1 without one
 
 
 def _background(rng: np.random.Generator, size: int, n_frames: int, plain: bool) -> np.ndarray:
@@ -136,13 +135,14 @@ def _background(rng: np.random.Generator, size: int, n_frames: int, plain: bool)
     return np.clip(image[None].astype(np.int16) + noise, 0, 255)
 
 
-def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: bool = True,
+def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: float = 1.0,
                 plain: bool = False) -> ProbeSample:
     """Draw one clip of ``variant`` (see the module docstring) from ``seed``.
 
     Args:
-        distractors: False for the curriculum's easy clips: only the target window shows a
-            square.
+        distractors: opacity of the distractor squares over the background, in [0, 1]: 1 the
+            full task, 0 (or False) only the target window shows a square; the curriculum
+            fades the distractors in.
         plain: a plain grey background instead of the random gradient (curriculum).
     """
     if variant not in VARIANTS:
@@ -155,20 +155,24 @@ def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: bool =
     colours = rng.integers(len(COLOURS), size=n_win)
     places = rng.integers(cells, size=(n_win, 2))
     frames = _background(rng, size, n_win * frames_per_window, plain)
+    opacity = float(distractors)
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"distractors must lie in [0, 1], got {distractors!r}")
     for w in range(n_win):  # a handful of windows per clip: building media, not a hot path
-        if not distractors and w != target:
+        alpha = 1.0 if w == target else opacity
+        if alpha == 0.0:
             continue
         r, c = places[w] * CELL
-        block = frames[w * frames_per_window:(w + 1) * frames_per_window, r:r + CELL, c:c + CELL]
-        block[:] = COLOURS[colours[w]][1]
+        first = w * frames_per_window
+        block = frames[first:first + FLASH_SECONDS * FPS, r:r + CELL, c:c + CELL]
+        block[:] = alpha * np.array(COLOURS[colours[w]][1]) + (1.0 - alpha) * block
         if variant == "visual" and w == target:
             inner = CELL // 4
             block[:, inner:CELL - inner, inner:CELL - inner] = 245
     n_samples = task.seconds * SAMPLING_RATE
     audio = rng.standard_normal(n_samples, dtype=np.float32) * task.noise
-    tone_len = int(task.tone_seconds * SAMPLING_RATE)
-    start = tone * SECONDS_PER_WINDOW * SAMPLING_RATE + int(
-        rng.integers(SECONDS_PER_WINDOW * SAMPLING_RATE - tone_len + 1))
+    tone_len = FLASH_SECONDS * SAMPLING_RATE
+    start = tone * SECONDS_PER_WINDOW * SAMPLING_RATE
     pitch = rng.uniform(500, 1500)
     t = np.arange(tone_len) / SAMPLING_RATE
     audio[start:start + tone_len] += task.tone_amplitude * np.sin(2 * np.pi * pitch * t)
@@ -176,6 +180,7 @@ def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: bool =
         frames=frames.astype(np.uint8), audio=audio.astype(np.float32),
         question=QUESTIONS[variant], answer=int(colours[target]), variant=variant,
         target=target, tone=tone,
+        colours=tuple(int(colours[w]) if opacity > 0 or w == target else -1 for w in range(n_win)),
     )
 
 
