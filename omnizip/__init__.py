@@ -1,5 +1,6 @@
 """omnizip: training-free audio-guided token compression (OmniZip) for omnimodal LLMs."""
 
+from . import stream  # callable: omnizip.stream(model, processor, config)
 from .config import PRESETS, OmniZipConfig
 from .core import (
     CompressionResult,
@@ -25,4 +26,5 @@ __all__ = [
     "compress_sequence",
     "patch",
     "pool_audio_scores",
+    "stream",
 ]
