@@ -2,6 +2,7 @@
 
 from .config import PRESETS, OmniZipConfig
 from .core import (
+    CausalHistory,
     CompressionResult,
     TokenDecision,
     audio_attention_scores,
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CausalHistory",
     "CompressionResult",
     "OmniZipConfig",
     "OmniZipHandle",
