@@ -3,6 +3,7 @@
 from . import stream  # callable: omnizip.stream(model, processor, config)
 from .config import PRESETS, OmniZipConfig
 from .core import (
+    CausalHistory,
     CompressionResult,
     TokenDecision,
     audio_attention_scores,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CausalHistory",
     "CompressionResult",
     "OmniZipConfig",
     "OmniZipHandle",

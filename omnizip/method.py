@@ -109,6 +109,17 @@ class CompressionMethod:
         return "global"
 
     @property
+    def causal(self) -> bool:
+        """Decisions for window ``i`` use windows ``<= i`` only (algorithm §9): the adapter
+        then scores audio causally (``"global"`` becomes the ``"causal"`` scope)."""
+        return False
+
+    @property
+    def causal_lookback(self) -> int:
+        """Windows a causal method looks back over (used for the causal audio scores)."""
+        return 8
+
+    @property
     def needs_video_scores(self) -> bool:
         """The method ranks video tokens by vision-encoder scores (its hooks supply them)."""
         return False
