@@ -44,6 +44,9 @@ class StreamFamily:
             stream encodes at once: its tokens never change once it is complete).
         audio_pool: last-layer encoder frames per LLM audio token.
         audio_tokens: ``mel_frames -> LLM audio tokens`` of a stream of that many mel frames.
+        audio_end: how the features pad past the last sample, as the family's processor does
+            (:data:`omnizip.audio_features.END_MODES`): Qwen2.5-Omni's pads with silence
+            (``padding="max_length"``), Qwen3-Omni's reflects (one unpadded audio).
         temporal_patch: sampled frames per video step.
         spatial_merge: vision patches merged into one LLM token along each side.
         positions_per_second: position ids (and LLM audio tokens) per second of stream.
@@ -56,6 +59,7 @@ class StreamFamily:
     mel_per_encoder_window: int
     audio_pool: int
     audio_tokens: Callable[[int], int]
+    audio_end: str
     temporal_patch: int
     spatial_merge: int
     positions_per_second: float
@@ -115,7 +119,7 @@ def _qwen2_5(config: Any, fps: float) -> dict[str, Any]:
         layout=dict(step_positions=step, window_positions=window, shared_markers=True,
                     closing_after_chunk=True, position_dtype=torch.int64),
         mel_per_encoder_window=2 * n_window, audio_pool=2, audio_tokens=_qwen2_5_audio_tokens,
-        temporal_patch=temporal,
+        audio_end="silence", temporal_patch=temporal,
     )
 
 
@@ -129,7 +133,7 @@ def _qwen3(config: Any, fps: float) -> dict[str, Any]:
         layout=dict(step_positions=step, window_positions=step, shared_markers=False,
                     closing_after_chunk=False, position_dtype=torch.float32),
         mel_per_encoder_window=infer, audio_pool=1, audio_tokens=_qwen3_audio_tokens(n_window),
-        temporal_patch=temporal,
+        audio_end="reflect", temporal_patch=temporal,
     )
 
 

@@ -152,10 +152,10 @@ class MelBuffer:
         released: mel frames handed to the encoder so far.
     """
 
-    def __init__(self, feature_extractor: Any, frames_per_window: int) -> None:
+    def __init__(self, feature_extractor: Any, frames_per_window: int, end: str) -> None:
         from ..audio_features import CausalLogMel
 
-        self.features = CausalLogMel(feature_extractor)
+        self.features = CausalLogMel(feature_extractor, end=end)
         self.frames_per_window = frames_per_window
         self.samples = 0
         self.released = 0

@@ -64,7 +64,8 @@ def offline_inputs(model: torch.nn.Module, processor: Any, frames: Any, audio: A
     pieces = prompt_pieces(processor, system)
     pixels, grid = video_patches(processor, frames, fps)
     merge = family.spatial_merge
-    features = torch.as_tensor(np.asarray(causal_log_mel(audio, processor.feature_extractor)),
+    features = torch.as_tensor(np.asarray(causal_log_mel(audio, processor.feature_extractor,
+                                                          end=family.audio_end)),
                                dtype=torch.float32)
     n_mel = int(features.shape[-1])
     media = media_ids(family.layout, grid[0], family.audio_tokens(n_mel),

@@ -18,6 +18,7 @@ window as the offline run treats the end of a clip.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,8 @@ class StreamSession:
         self.pieces = prompt_pieces(processor, system)
         self.sampling_rate = int(processor.feature_extractor.sampling_rate)
         self._frames = FrameBuffer(processor, self.fps, family.temporal_patch)
-        self._mel = MelBuffer(processor.feature_extractor, family.mel_per_encoder_window)
+        self._mel = MelBuffer(processor.feature_extractor, family.mel_per_encoder_window,
+                              family.audio_end)
         self._encoders = StreamEncoders(modules, self.method, family.audio_pool,
                                         self._score_mode(), self._encoder_lookback())
         layout = family.layout
@@ -141,12 +143,13 @@ class StreamSession:
         return "causal" if mode == "global" else mode
 
     def _encoder_lookback(self) -> int:
-        """Encoder windows a causal score spans: ``causal_lookback`` windows' worth of audio."""
-        from ..models.audio_hooks import causal_encoder_lookback
-
-        return causal_encoder_lookback(self.method, self.family.mel_per_encoder_window,
-                                       self.family.layout.window_positions,
-                                       self.family.positions_per_second)
+        """Encoder windows a causal score spans, as the patched model counts them
+        (``AudioScoring._encoder_lookback``): ``causal_lookback`` windows' seconds, rounded up
+        to encoder windows, at least 2."""
+        adapter = self.family.adapter
+        encoder_seconds = self.family.mel_per_encoder_window / adapter.mel_frames_per_second
+        seconds = self.method.causal_lookback * adapter.window_seconds
+        return max(2, math.ceil(seconds / encoder_seconds - 1e-9))
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -207,6 +210,10 @@ class StreamSession:
             missing = "video frames" if self._frames.received == 0 else "audio"
             raise ValueError(f"finish: the stream has no {missing}; omnizip.stream compresses "
                              "audio-video streams (append both)")
+        half = int(self.processor.feature_extractor.n_fft) // 2
+        if self.family.audio_end == "reflect" and self._mel.samples <= half:
+            raise ValueError(f"finish: {self.family.name} features reflect the audio's end, which "
+                             f"needs more than {half} samples; got {self._mel.samples}")
         committed = self._process(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.float32),
                                   final=True)
         self._finished = True
