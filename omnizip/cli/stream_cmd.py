@@ -122,6 +122,19 @@ def _ask(session: Any, args: argparse.Namespace, status: StatusLine, final: bool
         f"{session.cache_tokens} tokens", args.quiet)
 
 
+#: session arguments as the command line names them
+_FLAGS = {"max_cache_tokens": "--max-cache-tokens", "fps": "--fps"}
+
+
+def _refusal(exc: BaseException, where: str) -> CLIError:
+    """A session's ValueError/TypeError as one line, naming the flag at fault when it is one."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    for name, flag in _FLAGS.items():
+        if text.startswith(name):
+            return CLIError(flag + text[len(name):])
+    return CLIError(f"{where}: {text}")
+
+
 def _source(value: str | None) -> str:
     if value is None:
         return str(DEFAULT_CLIP)
@@ -146,8 +159,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         session = stream(loaded.model, loaded.processor, config, fps=args.fps,
                          max_cache_tokens=args.max_cache_tokens)
     except (ValueError, TypeError) as exc:
-        message = one_line(exc).split(": ", 1)[-1]
-        raise CLIError(message.replace("max_cache_tokens", "--max-cache-tokens")) from exc
+        raise _refusal(exc, "model") from exc
     say(f"model     {loaded.description}", args.quiet)
     if loaded.builtin:
         say(f"          NOTE: {NOISE_NOTE}", args.quiet)
@@ -165,7 +177,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             try:
                 windows = session.append(chunk.frames, chunk.audio)
             except (ValueError, TypeError) as exc:
-                raise CLIError(f"{source}: {one_line(exc)}") from exc
+                raise _refusal(exc, source) from exc
             processing += time.perf_counter() - started
             _emit_windows(windows, session, args.json)
             status.update(session, processing, bool(windows))
@@ -182,7 +194,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         windows = session.finish()
     except ValueError as exc:
-        raise CLIError(f"{source}: {one_line(exc)}") from exc
+        raise _refusal(exc, source) from exc
     processing += time.perf_counter() - started
     _emit_windows(windows, session, args.json)
     status.update(session, processing, True)
