@@ -44,6 +44,7 @@ def offline(model, processor, frames, audio, config=CONFIG):
         out = model.generate(**inputs, use_audio_in_video=True, max_new_tokens=NEW,
                              do_sample=False, output_logits=True, return_dict_in_generate=True)
         result = handle.results[0]
+        result.audio_scores = handle.audio_scores[0]
     new = out.sequences[0, inputs["input_ids"].shape[1]:]
     return new.tolist(), torch.cat(out.logits), result, inputs
 
@@ -76,8 +77,20 @@ def test_stream_equals_the_offline_causal_run(fam, seed):
     frames, audio = clip(fam, 5.5, 5.3, seed=seed)
     tokens, logits, result, inputs = offline(model, processor, frames, audio)
     session = omnizip.stream(model, processor, CONFIG)
+    scores = []
+    encode_audio = session._encoders.audio
+
+    def audio_encoder(mel):
+        out = encode_audio(mel)
+        scores.append(out.scores)
+        return out
+
+    session._encoders.audio = audio_encoder
     feed(session, frames, audio, np.random.default_rng(seed))
     got, got_logits = ask(session, final=True)
+    # the causal audio scores (encoder windows scored with their look-back) are the offline
+    # call's (up to the encoder's float rounding: it ran on other batch shapes)
+    torch.testing.assert_close(torch.cat(scores), result.audio_scores, atol=1e-5, rtol=1e-6)
     assert got == tokens
     torch.testing.assert_close(got_logits, logits, atol=1e-4, rtol=1e-4)
     counts = [[w.audio, w.kept_audio, w.video, w.kept_video] for w in session.windows]

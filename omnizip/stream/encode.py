@@ -133,21 +133,25 @@ class StreamEncoders:
 
     def _causal(self, query: torch.Tensor, key: torch.Tensor, lengths: torch.Tensor,
                 scale: float) -> torch.Tensor:
-        """Scores of the new frames, each window's softmax over the look-back's keys: the
-        previous windows' q/k come from the cache, the new windows' are appended to it."""
-        past_q = [q for q, _ in self._past]
-        past_k = [k for _, k in self._past]
-        past_lengths = [int(q.shape[0]) for q in past_q]
-        all_q = torch.cat([*past_q, query])
-        all_k = torch.cat([*past_k, key])
-        all_lengths = torch.tensor([*past_lengths, *lengths.tolist()], dtype=torch.int64)
-        cu = torch.cat([torch.zeros(1, dtype=torch.int64), all_lengths.cumsum(0)]).to(torch.int32)
-        scores = audio_attention_scores(
-            all_q, all_k, scope="causal", cu_seqlens=cu.to(query.device), lookback=self.lookback,
-            scale=scale, block_elements=self.method.block_elements)
-        n_new = int(query.shape[0])
+        """Scores of the new frames: each new encoder window by the attention it receives
+        within its look-back span (the previous ``lookback - 1`` windows' q/k come from the
+        cache). One call per new window, its look-back passed as ONE window in front of it:
+        the new window's span then holds exactly the frames (and has exactly the shape) it
+        has in a whole-stream call, so its scores are the same bit for bit, while the
+        look-back's own span (scored too, and dropped) is one span instead of one per window."""
+        out = []
         start = 0
         for n in lengths.tolist():  # one entry per new encoder window (a handful per call)
-            self._past.append((query[start : start + n].clone(), key[start : start + n].clone()))
+            q, k = query[start : start + n], key[start : start + n]
+            past_q = [pq for pq, _ in self._past]
+            past_k = [pk for _, pk in self._past]
+            look_back = sum(int(pq.shape[0]) for pq in past_q)
+            bounds = [0, look_back, look_back + n] if look_back else [0, n]
+            scores = audio_attention_scores(
+                torch.cat([*past_q, q]), torch.cat([*past_k, k]), scope="causal",
+                cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=query.device),
+                lookback=self.lookback, scale=scale, block_elements=self.method.block_elements)
+            out.append(scores[look_back:])
+            self._past.append((q.clone(), k.clone()))
             start += n
-        return scores[-n_new:]
+        return torch.cat(out)
