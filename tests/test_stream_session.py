@@ -252,6 +252,27 @@ def test_position_limit_drops_windows_instead_of_overflowing(fam):
         session.ask(QUESTION, max_new_tokens=500)
 
 
+def test_a_patch_on_the_model_stays_inert_during_the_session(fam):
+    """The session calls the encoders and the decoder directly and ``generate`` on its own
+    cache: an OmniZip patch on the same model neither runs nor changes its answers."""
+    model, processor = setup(fam)
+    frames, audio = clip(fam, 4.5, 4.5, seed=9)
+    answers = []
+    for patched in (False, True):
+        handle = omnizip.patch(model, OmniZipConfig()) if patched else None
+        try:
+            session = omnizip.stream(model, processor, CONFIG)
+            feed(session, frames, audio, np.random.default_rng(9))
+            answers.append(ask(session, final=True))
+            if handle is not None:
+                assert handle.results is None  # no prefill of the patch ran
+        finally:
+            if handle is not None:
+                handle.remove()
+    assert answers[0][0] == answers[1][0]
+    torch.testing.assert_close(answers[0][1], answers[1][1])
+
+
 # ----------------------------------------------------------------------------- bad input
 def _state(session):
     return (len(session.windows), session.cache_tokens, session._frames.received,

@@ -18,12 +18,14 @@ Decisions are never revisited: dropped windows leave the cache, not the decision
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .cache import CachePiece
+from .pending import Group, Media
 
-__all__ = ["Bounds", "Retained", "StreamWindow"]
+__all__ = ["Bounds", "Retained", "StreamWindow", "split_decision"]
 
 LOW_WATER = 0.75
 
@@ -139,3 +141,38 @@ class Retained:
         kept = window.keep
         is_video = torch.arange(kept.numel()) < n_video
         return is_video[kept]
+
+
+def split_decision(result: Any, group: Group, media: Media, tokens_per_step: int,
+                   step_positions: int, positions_per_second: float) -> list[StreamWindow]:
+    """The core's decision over a committed group, window by window (its rows of
+    ``result.window_counts()``): each window's tokens are its video run then its audio run, so
+    its keep mask, kept (merged) embeddings and DeepStack rows are consecutive slices."""
+    keep = result.keep.detach().cpu()
+    device = result.embeds.device
+    out: list[StreamWindow] = []
+    offset = video_offset = 0
+    step, audio_at = group.s0, group.a0
+    for row, (n_a, k_a, n_v, k_v) in enumerate(result.window_counts().tolist()):
+        n = n_v + n_a
+        w_keep = keep[offset : offset + n]
+        deep = None
+        if media.deepstack is not None:
+            kept_video = w_keep[:n_v].to(device)
+            deep = [d[video_offset : video_offset + n_v][kept_video] for d in media.deepstack]
+        steps = (step, step + (n_v // tokens_per_step if tokens_per_step else 0))
+        audio_range = (audio_at, audio_at + n_a)
+        start = steps[0] * step_positions if n_v else audio_range[0]
+        out.append(StreamWindow(
+            index=int(result.first_window) + row,
+            t=start / positions_per_second,
+            end=max(steps[1] * step_positions, audio_range[1]) / positions_per_second,
+            audio=n_a, kept_audio=k_a, video=n_v, kept_video=k_v,
+            steps=steps, audio_range=audio_range, keep=w_keep,
+            embeds=result.embeds[offset : offset + n][w_keep.to(device)].detach(),
+            deepstack=deep,
+        ))
+        offset += n
+        video_offset += n_v
+        step, audio_at = steps[1], audio_range[1]
+    return out

@@ -33,7 +33,7 @@ from .family import stream_family
 from .media import FrameBuffer, MelBuffer, check_audio, check_frames
 from .pending import Group, Pending
 from .prompt import prompt_pieces
-from .retained import Bounds, Retained, StreamWindow
+from .retained import Bounds, Retained, StreamWindow, split_decision
 
 __all__ = ["Answer", "StreamSession"]
 
@@ -280,42 +280,12 @@ class StreamSession:
             history=self._history,
         )
         self._history = result.history
-        keep = result.keep.detach().cpu()
-        per_step = self._pending.tokens_per_step
-        out: list[StreamWindow] = []
-        offset = video_offset = 0
-        step, audio_at = group.s0, group.a0
-        for row, (n_a, k_a, n_v, k_v) in enumerate(result.window_counts().tolist()):
-            n = n_v + n_a
-            w_keep = keep[offset : offset + n]
-            rows = result.embeds[offset : offset + n][w_keep.to(device)]
-            deep = None
-            if media.deepstack is not None:
-                kept_video = w_keep[:n_v].to(device)
-                deep = [d[video_offset : video_offset + n_v][kept_video] for d in media.deepstack]
-            steps = (step, step + (n_v // per_step if per_step else 0))
-            audio_range = (audio_at, audio_at + n_a)
-            window = StreamWindow(
-                index=int(getattr(result, "first_window", 0)) + row,
-                t=self._clock(steps[0] if n_v else None, audio_range[0]),
-                end=max(steps[1] * layout.step_positions, audio_range[1]) / self.family.positions_per_second,
-                audio=n_a, kept_audio=k_a, video=n_v, kept_video=k_v,
-                steps=steps, audio_range=audio_range, keep=w_keep, embeds=rows.detach(),
-                deepstack=deep,
-            )
+        out = split_decision(result, group, media, self._pending.tokens_per_step,
+                             layout.step_positions, self.family.positions_per_second)
+        for window in out:
             self._prefill_window(window)
-            out.append(window)
-            offset += n
-            video_offset += n_v
-            step, audio_at = steps[1], audio_range[1]
         self._windows += out
         return out
-
-    def _clock(self, step: int | None, audio: int) -> float:
-        pps = self.family.positions_per_second
-        if step is None:
-            return audio / pps
-        return step * self.family.layout.step_positions / pps
 
     def _positions(self, window: StreamWindow) -> torch.Tensor:
         """The kept tokens' positions ``[3, n_kept]`` at the current base."""
