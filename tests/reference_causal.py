@@ -1,9 +1,10 @@
 """Plain, independent reference of causal OmniZip (docs/algorithm.md section 9).
 
-Written from that section (and section 4 for what it leaves unchanged) without reading the
-package's causal code. Naive on purpose: Python loops over windows, tokens and frames, Python
+A second reading of that section (and of section 4 for what it leaves unchanged), sharing no
+code with the package. Naive on purpose: Python loops over windows, tokens and frames, Python
 floats for every number that feeds a decision. The budget shift of rule 7 is solved exactly
-(the piecewise-linear equation), not by bisection as the package does.
+(the piecewise-linear equation), not by bisection as the package does, and the causal audio
+scores are dense softmaxes over each span.
 """
 
 from __future__ import annotations
@@ -240,3 +241,28 @@ def reference_counter_uniform(seed: int, index: int) -> float:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     z ^= z >> 31
     return (z >> 11) * 2.0**-53
+
+
+def dense_causal_scores(q, k, bounds, lookback, streams=None, scale=None):
+    """The ``"causal"`` score scope written out: for encoder window e, the span from window
+    max(first window of e's stream, e - L + 1) to e; softmax of every query of the span over
+    the span's keys (float64), summed over heads and queries; window e's columns kept."""
+    total = q.shape[0]
+    stream_starts, start = [0], 0
+    for n in streams or [total]:
+        start += n
+        stream_starts.append(start)
+    out = torch.zeros(total, dtype=torch.float64)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    for e in range(len(bounds) - 1):
+        stream_start = max(s for s in stream_starts if s <= bounds[e])
+        first = e
+        while first > 0 and e - (first - 1) < lookback and bounds[first - 1] >= stream_start:
+            first -= 1
+        lo, hi = bounds[first], bounds[e + 1]
+        if hi == lo:
+            continue
+        logits = torch.einsum("qhd,khd->hqk", q[lo:hi].double(), k[lo:hi].double()) * scale
+        received = torch.softmax(logits, dim=-1).sum(dim=(0, 1))
+        out[bounds[e]:hi] = received[bounds[e] - lo:]
+    return out

@@ -19,6 +19,7 @@ import torch
 from conftest import LargestTensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference_causal import dense_causal_scores
 
 from omnizip import audio_attention_scores
 from omnizip.audio_features import CausalLogMel, causal_audio_inputs, causal_log_mel
@@ -28,31 +29,6 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
 
 
 # ----------------------------------------------------------------------------- scores
-def dense_causal_scores(q, k, bounds, lookback, streams=None):
-    """The "causal" scope written out: for window e, the span from window
-    max(first window of e's stream, e - L + 1) to e; softmax of every query of the span over
-    the span's keys (float64), summed over heads and queries; window e's columns kept."""
-    total = q.shape[0]
-    stream_starts, start = [0], 0
-    for n in streams or [total]:
-        start += n
-        stream_starts.append(start)
-    out = torch.zeros(total, dtype=torch.float64)
-    scale = q.shape[-1] ** -0.5
-    for e in range(len(bounds) - 1):
-        stream_start = max(s for s in stream_starts if s <= bounds[e])
-        first = e
-        while first > 0 and e - (first - 1) < lookback and bounds[first - 1] >= stream_start:
-            first -= 1
-        lo, hi = bounds[first], bounds[e + 1]
-        if hi == lo:
-            continue
-        logits = torch.einsum("qhd,khd->hqk", q[lo:hi].double(), k[lo:hi].double()) * scale
-        received = torch.softmax(logits, dim=-1).sum(dim=(0, 1))
-        out[bounds[e]:hi] = received[bounds[e] - lo:]
-    return out
-
-
 @st.composite
 def windowed_frames(draw):
     windows = draw(st.lists(st.integers(1, 12), min_size=1, max_size=7))

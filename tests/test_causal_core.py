@@ -480,3 +480,14 @@ def test_gradients_reach_kept_and_merged_tokens():
     assert merged.any() and (embeds.grad[res.audio_positions[merged]] != 0).any(dim=1).all()
     assert math.isclose(float(res.merge_weight[merged].sum()),
                         float(torch.unique(res.merge_target[merged]).numel()), rel_tol=1e-5)
+
+
+def test_the_vllm_plugin_refuses_causal_configs_at_start_up():
+    """Streams are served by the Hugging Face integration for now: the server refuses a causal
+    configuration in any form, naming the field."""
+    from omnizip.vllm.settings import server_config
+
+    for value in (OmniZipConfig(causal=True), {"causal": True}, {"preset": "45", "causal": True}):
+        with pytest.raises(ValueError, match="causal"):
+            server_config(value)
+    assert server_config({"causal": False}).budget == "exact"
