@@ -11,8 +11,9 @@ extractor pads it. Everything else is Whisper's computation (its torch path), so
 equal Whisper's wherever the running maximum equals the whole input's.
 
 Bit-exact under any chunking: frames are computed in blocks of :data:`BLOCK_FRAMES` at fixed
-places along the stream (block ``b`` holds frames ``b * 64 ..``), each block one STFT and one
-mel product of fixed shape, so a frame's value never depends on how the samples arrived.
+places along the stream (block ``b`` holds frames ``b * 64 ..``), :data:`BLOCKS_PER_CALL`
+blocks per STFT and mel product, always of the same shape, so a frame's value never depends
+on how the samples arrived.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
 
 #: frames per fixed-shape block (0.64 s at Whisper's 10-ms hop)
 BLOCK_FRAMES = 64
+#: blocks per STFT / mel call, padded with silent blocks when fewer are pending
+BLOCKS_PER_CALL = 8
 #: how the signal continues past its last sample: "reflect" (Whisper on the unpadded array,
 #: what Qwen3-Omni's processor computes for one audio) or "silence" (zeros follow: Whisper on
 #: a zero-padded array, what Qwen2.5-Omni's processor computes with padding="max_length")
@@ -93,14 +96,22 @@ class _Whisper:
         frame) or ``ceil(n / hop)`` (silence: the frames the padded processor marks valid)."""
         return n // self.hop if end == "reflect" else -(-n // self.hop)
 
-    def block_log_mel(self, signal_at) -> torch.Tensor:
-        """``log10(max(mel, 1e-10))`` of one block, float32 ``[n_mels, BLOCK_FRAMES]``;
-        ``signal_at(index)`` gives the (padded) signal at int64 sample indices."""
-        samples = signal_at(torch.arange(self.block_samples))
-        stft = torch.stft(samples, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
-        magnitudes = stft.abs() ** 2  # [freq, BLOCK_FRAMES]
-        mel = self.mel_filters.T @ magnitudes
-        return torch.clamp(mel, min=1e-10).log10()
+    def block_log_mel(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``log10(max(mel, 1e-10))`` of each block, float32 ``[n_mels, BLOCK_FRAMES]``, from
+        its ``block_samples`` padded samples. Computed :data:`BLOCKS_PER_CALL` blocks at a
+        time, padded with silent blocks: every call has the same shape, so a frame gets the
+        same arithmetic wherever its samples came from."""
+        out = []
+        for start in range(0, len(blocks), BLOCKS_PER_CALL):
+            group = blocks[start : start + BLOCKS_PER_CALL]
+            missing = BLOCKS_PER_CALL - len(group)
+            samples = torch.stack([*group, *[torch.zeros(self.block_samples)] * missing])
+            stft = torch.stft(samples, self.n_fft, self.hop, window=self.window, center=False,
+                              return_complex=True)
+            magnitudes = stft.abs() ** 2  # [BLOCKS_PER_CALL, freq, BLOCK_FRAMES]
+            mel = self.mel_filters.T @ magnitudes
+            out.extend(torch.clamp(mel, min=1e-10).log10()[: len(group)])
+        return out
 
 
 def _normalise(log_spec: torch.Tensor, running_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,33 +192,42 @@ class CausalLogMel:
         self._finished = True
         return frames
 
-    def _signal(self, finished: bool):
-        """The padded signal at absolute sample indices ``j``: ``x[-j]`` before the start (the
-        centred STFT's reflection; 0 where the input is shorter), ``x[j]`` inside, and past
-        the end ``x[2(n-1) - j]`` (reflect, once finished) or 0. Only rows of frames whose
-        samples are all known are ever emitted; others read clamped indices and are dropped."""
-        n, head, tail, start = self._received, self._head, self._tail, self._tail_start
-        reflect_end = finished and self.end == "reflect"
-
-        def at(index: torch.Tensor) -> torch.Tensor:
-            before, past_end = index < 0, index >= n
-            source = torch.where(past_end, 2 * (n - 1) - index, index) if reflect_end else index
-            values = tail[(source - start).clamp(0, max(tail.numel() - 1, 0))] if tail.numel() else index * 0.0
-            if head.numel():
-                values = torch.where(before, head[(-index).clamp(0, head.numel() - 1)], values)
-            known = torch.where(before, -index < n, ~past_end | reflect_end)
-            return torch.where(known, values, 0.0)
-
-        return at
+    def _samples_at(self, offset: int, finished: bool) -> torch.Tensor:
+        """The padded signal at sample indices ``offset + [0, block)``, from slices: ``x[-j]``
+        before the start (the centred STFT's reflection), ``x[j]`` inside, past the end
+        ``x[2(n-1) - j]`` (reflect, once finished) or zeros. Rows of frames whose samples are
+        not all known yet read zeros there and are never emitted."""
+        whisper, n = self._whisper, self._received
+        stop = offset + whisper.block_samples
+        parts = []
+        if offset < 0:  # j in [offset, 0): x[-j], i.e. x[-offset], ..., x[1]
+            head = torch.cat([self._head, self._head.new_zeros(whisper.half + 1 - self._head.numel())])
+            parts.append(head[1 : 1 - offset].flip(0)[: stop - offset])
+        inside_from, inside_to = max(offset, 0), min(stop, n)
+        if inside_to > inside_from:
+            parts.append(self._tail[inside_from - self._tail_start : inside_to - self._tail_start])
+        after = stop - max(offset, n)
+        if after > 0:
+            if finished and self.end == "reflect":  # j >= n: x[n-2], x[n-3], ...
+                first = max(offset, n)
+                lo = 2 * (n - 1) - (stop - 1)
+                hi = 2 * (n - 1) - first
+                start = max(lo, self._tail_start)
+                mirrored = self._tail[start - self._tail_start : hi + 1 - self._tail_start].flip(0)
+                parts.append(torch.cat([mirrored, mirrored.new_zeros(after - mirrored.numel())]))
+            else:
+                parts.append(torch.zeros(after))
+        return torch.cat(parts)
 
     def _emit(self, ready: int, finished: bool) -> torch.Tensor:
         whisper = self._whisper
         first = self._emitted
+        if ready <= first:
+            return torch.zeros(whisper.n_mels, 0)
+        blocks = range(first // BLOCK_FRAMES, -(-ready // BLOCK_FRAMES))
+        signals = [self._samples_at(b * BLOCK_FRAMES * whisper.hop - whisper.half, finished) for b in blocks]
         pieces = []
-        at = self._signal(finished)
-        for block in range(first // BLOCK_FRAMES, -(-ready // BLOCK_FRAMES)):
-            offset = block * BLOCK_FRAMES * whisper.hop - whisper.half
-            log_spec = whisper.block_log_mel(lambda index, offset=offset, at=at: at(index + offset))
+        for block, log_spec in zip(blocks, whisper.block_log_mel(signals), strict=True):
             lo = max(first - block * BLOCK_FRAMES, 0)
             hi = min(ready - block * BLOCK_FRAMES, BLOCK_FRAMES)
             pieces.append(log_spec[:, lo:hi])

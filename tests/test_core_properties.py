@@ -25,6 +25,7 @@ FIELDS = [
     "rho_audio", "rho_video", "contextual_ratio", "g", "min_ratio", "max_ratio", "knn",
     "budget", "merge_scope", "audio_score", "retention", "token_budget", "frame_parity",
     "dynamic_ratios", "merge_anchors", "audio_selection", "seed", "block_elements",
+    "causal", "causal_lookback",
 ]
 # Sized for a shared 2-core CPU: all four properties together run in well under a minute.
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]

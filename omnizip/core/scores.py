@@ -22,6 +22,9 @@ SCORE_SCOPES = ("global", "windowed", "causal")
 # block (glibc hands large frees back to the OS); tiles of 4M elements (16 MB) are reused
 # from the heap and stay near the caches. Other devices use the caller's cap as it is.
 CPU_TILE_ELEMENTS = 1 << 22
+# Causal spans are scored in groups of a fixed number of rows (padded when fewer spans of a
+# length remain); a small number keeps the padding cheap when spans are short.
+CAUSAL_GROUP_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def plan_score_blocks(
             # tiles) depends on that length alone, so a span's scores are computed the same
             # way whatever else the call holds (a stream's equal the offline call's bit for
             # bit). Missing rows are padding.
-            rows = max(1, cap // (heads * width * width))
+            rows = max(1, min(CAUSAL_GROUP_ROWS, cap // (heads * width * width)))
             taken = min(rows, sizes[first:].count(width))
         query_step = _even_step(width, cap // (rows * width))
         head_step = _even_step(heads, cap // (rows * query_step * width))
