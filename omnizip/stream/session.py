@@ -50,15 +50,12 @@ class Answer:
     latency_ms: float
 
 
-def _check_options(max_cache_tokens: Any, question_positions: Any, position_limit: Any) -> None:
-    for name, value, minimum in (("max_cache_tokens", max_cache_tokens, 1),
-                                 ("question_positions", question_positions, 0),
-                                 ("position_limit", position_limit, 1)):
-        if value is None and name != "question_positions":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}{' or None' if name != 'question_positions' else ''}, "
-                             f"got {value!r}")
+def _check_int(name: str, value: Any, minimum: int, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 class StreamSession:
@@ -81,14 +78,16 @@ class StreamSession:
     def __init__(self, model: torch.nn.Module, processor: Any, config: Any, *, fps: float = 2.0,
                  max_cache_tokens: int | None = None, position_limit: int | None = None,
                  question_positions: int = 1024, system: str | None = None) -> None:
-        from ..method import CompressionMethod
+        from ..config import OmniZipConfig
 
-        if not isinstance(config, CompressionMethod) or not hasattr(config, "causal"):
+        if not isinstance(config, OmniZipConfig):
             raise TypeError(f"config must be an OmniZipConfig(causal=True), got {type(config).__name__}")
         if not config.causal:
             raise ValueError("config: causal must be True for a stream (OmniZipConfig(causal=True)): "
                              "the offline rules look ahead over the whole clip")
-        _check_options(max_cache_tokens, question_positions, position_limit)
+        _check_int("max_cache_tokens", max_cache_tokens, 1, optional=True)
+        _check_int("position_limit", position_limit, 1, optional=True)
+        _check_int("question_positions", question_positions, 0, optional=False)
         self.family = family = stream_family(model, fps)
         modules = family.adapter.locate(model)
         self.model = model
