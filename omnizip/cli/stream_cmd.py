@@ -88,12 +88,12 @@ class StatusLine:
             self.shown = False
 
 
-def _emit_windows(windows: list, session: Any, as_json: bool) -> None:
+def _emit_windows(windows: list, as_json: bool) -> None:
     if not as_json:
         return
     for w in windows:
         event = {"event": "window", **{k: v for k, v in w.as_dict().items() if k != "end"},
-                 "cache_tokens": session.cache_tokens, "ms": round(w.ms, 1)}
+                 "cache_tokens": w.cache_tokens, "ms": round(w.ms, 1)}
         print(json.dumps(event), flush=True)
 
 
@@ -179,7 +179,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             except (ValueError, TypeError) as exc:
                 raise _refusal(exc, source) from exc
             processing += time.perf_counter() - started
-            _emit_windows(windows, session, args.json)
+            _emit_windows(windows, args.json)
             status.update(session, processing, bool(windows))
             if chunk.t >= next_ask:
                 _ask(session, args, status)
@@ -196,7 +196,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _refusal(exc, source) from exc
     processing += time.perf_counter() - started
-    _emit_windows(windows, session, args.json)
+    _emit_windows(windows, args.json)
     status.update(session, processing, True)
     _ask(session, args, status, final=True)
     status.close()

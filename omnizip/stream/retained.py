@@ -40,6 +40,7 @@ class StreamWindow:
         audio, kept_audio, video, kept_video: its tokens before and after compression.
         in_cache: False once the bounded-memory policy dropped it from the cache.
         ms: processing time attributed to it (see :attr:`StreamSession.windows`).
+        cache_tokens: tokens in the cache right after its kept tokens were prefilled.
     """
 
     index: int
@@ -51,6 +52,7 @@ class StreamWindow:
     kept_video: int
     in_cache: bool = True
     ms: float = 0.0
+    cache_tokens: int = 0
     # what a rebuild needs: absolute steps/audio ranges, the keep mask over the window's own
     # tokens, and the kept tokens' embeddings (+ DeepStack rows of the kept video tokens)
     steps: tuple[int, int] = (0, 0)

@@ -320,6 +320,7 @@ class StreamSession:
             visual = (torch.arange(window.keep.numel()) < window.video)[window.keep]
         self._cache.prefill(CachePiece(window.embeds, self._positions(window), visual,
                                        window.deepstack))
+        window.cache_tokens = self._cache.tokens
         retained.windows.append(window)
 
     # -- questions ---------------------------------------------------------------------------
