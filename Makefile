@@ -32,7 +32,7 @@ HOST        ?= 127.0.0.1
 PORT        ?= 8000
 VLLM_ARGS   ?= --enforce-eager
 
-.PHONY: setup system-deps test demo lint bench clean vllm-setup serve bench-serving
+.PHONY: setup system-deps test demo lint bench bench-stream clean vllm-setup serve bench-serving
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_core.py
+
+# Live streams on the scaled model: real-time factor, answer latency vs the offline route,
+# memory with and without a cache bound (docs/streaming.md; 1, 5, 10, 30 min: about an hour)
+bench-stream: setup
+	$(PY) benchmarks/bench_stream.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .ruff_cache *.egg-info

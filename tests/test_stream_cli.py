@@ -104,6 +104,21 @@ def test_stream_plays_in_real_time_with_a_status_line(tmp_path, capsys):
     assert out.out.strip().startswith("[") and ", end]" in out.out
 
 
+def test_run_json_prints_one_object(capsys):
+    """``omnizip run --json`` (offline rules): text, token ids, and the windows of the bundled
+    10-second clip (five 2-s windows of 2 frames x 140 tokens and 50 audio tokens)."""
+    code = cli.main(["run", "--json", "--quiet", "--max-new-tokens", "2", "--warmup", "0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    got = json.loads(out.out)
+    assert set(got) == {"text", "tokens", "windows"} and len(got["tokens"]) == 2
+    assert [w["index"] for w in got["windows"]] == [0, 1, 2, 3, 4]
+    assert [w["video"] for w in got["windows"]] == [280] * 5
+    assert sum(w["audio"] for w in got["windows"]) == 251  # 10.05 s of audio at 25 per second
+    assert all(0 < w["kept_video"] < w["video"] and 0 < w["kept_audio"] <= w["audio"]
+               for w in got["windows"])
+
+
 @pytest.fixture(scope="module")
 def silent_clip(tmp_path_factory):
     return make_test_clip(tmp_path_factory.mktemp("silent") / "silent.mp4", seconds=2.0,
