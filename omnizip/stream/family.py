@@ -65,10 +65,6 @@ class StreamFamily:
     positions_per_second: float
     position_limit: int
 
-    @property
-    def tokens_per_encoder_window(self) -> int:
-        return self.audio_tokens(self.mel_per_encoder_window)
-
 
 def _qwen2_5_audio_tokens(mel: int) -> int:
     """Conv stem (stride 2), then frame pairs pooled (the processor's formula)."""

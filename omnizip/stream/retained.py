@@ -86,10 +86,6 @@ class Retained:
         self.dropped = 0  # windows dropped so far
         self.rebuilds = 0
 
-    @property
-    def kept_tokens(self) -> int:
-        return sum(int(w.keep.sum()) for w in self.windows if w.keep is not None)
-
     def base(self, default: tuple[int, int]) -> tuple[int, int]:
         """(step, audio token) positions count from: the first retained window's start."""
         if not self.windows:
