@@ -214,6 +214,37 @@ def run_offline(model, processor, config, minutes: float, args) -> dict:
     return result
 
 
+def table(report: dict) -> str:
+    """The markdown table of docs/streaming.md from a report (``--table``)."""
+    offline = {o["minutes"]: o for o in report.get("offline", [])}
+    free = {m["minutes"]: m for m in report.get("session", {}).get("marks", [])}
+    bounded = {m["minutes"]: m for m in report.get("session_bounded", {}).get("marks", [])}
+    bound = report.get("session_bounded", {}).get("max_cache_tokens")
+    rows = [
+        "| stream | session CPU per window, RTF median / max | session answer, first token / 16 tokens "
+        "(CPU) | offline route, first token / 16 tokens (CPU) | answer speed-up | cache tokens "
+        f"(unbounded / bound {bound}) | peak RSS so far, unbounded / bounded / offline route |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for minutes in report["marks"]:
+        s, b, o = free.get(minutes, {}), bounded.get(minutes, {}), offline.get(minutes, {})
+        rtf = s.get("rtf_window_cpu", {})
+        if "answer_cpu_ms" in o:
+            route = f"{o['first_token_cpu_ms'] / 1e3:.1f} s / {o['answer_cpu_ms'] / 1e3:.1f} s"
+            speedup = (f"{o['first_token_cpu_ms'] / s['first_token_cpu_ms']:.0f}x / "
+                       f"{o['answer_cpu_ms'] / s['answer_cpu_ms']:.0f}x")
+            route_rss = f"{o['peak_rss_mib']:.0f}"
+        else:
+            route, speedup, route_rss = "not one prompt (positions)", "-", "-"
+        rows.append(
+            f"| {minutes:g} min | {rtf.get('median', 0):.2f} / {rtf.get('max', 0):.2f} | "
+            f"{s.get('first_token_cpu_ms', 0):.0f} ms / {s.get('answer_cpu_ms', 0) / 1e3:.2f} s | "
+            f"{route} | {speedup} | {s.get('cache_tokens', '-')} / {b.get('cache_tokens', '-')} | "
+            f"{s.get('peak_rss_mib_so_far', 0):.0f} / {b.get('peak_rss_mib_so_far', 0):.0f} / "
+            f"{route_rss} MiB |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 5, 10, 30])
@@ -227,7 +258,11 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=112 * 112)
     parser.add_argument("--skip", nargs="*", default=[], choices=["offline", "unbounded", "bounded"])
     parser.add_argument("--out", default="docs/bench/stream_cpu.json")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a report and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     model = build_scaled_thinker(device, torch.float32)
@@ -259,6 +294,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
+    print(table(report))
 
 
 if __name__ == "__main__":
