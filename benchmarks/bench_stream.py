@@ -275,6 +275,12 @@ def main() -> None:
                     "model": "scaled-qwen2.5-omni (CPU sizes), float32", "marks": marks,
                     "question": QUESTION, "new_tokens": args.new_tokens,
                     "max_pixels": args.max_pixels, "position_limit": limit}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every phase, so a long run keeps what it measured
+        out.write_text(json.dumps(report, indent=1))
+
     if "offline" not in args.skip:
         report["offline"] = []
         for minutes in marks:
@@ -285,14 +291,14 @@ def main() -> None:
                     if minutes * 60 * 25 > limit else "longer than --offline-up-to"})
                 continue
             report["offline"].append(run_offline(model, processor, config, minutes, args))
+            save()
     if "unbounded" not in args.skip:
         report["session"] = run_session(model, processor, config, marks, args, None)
+        save()
     if "bounded" not in args.skip:
         report["session_bounded"] = run_session(model, processor, config, marks, args,
                                                 args.max_cache_tokens)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    save()
     print(f"wrote {out}")
     print(table(report))
 

@@ -5,6 +5,11 @@ embeddings and their M-RoPE position ids (``[3, 1, n]``), appending to one trans
 ``DynamicCache``; no mask is needed (one row, no padding: causal attention over the cache).
 Qwen3-Omni's DeepStack features of the kept video tokens ride along (``visual_pos_masks``,
 ``deepstack_visual_embeds``), as the patched model prunes them.
+
+The cache's full-attention layers are growing layers (:func:`_growing_layer_class`): a plain ``DynamicLayer``
+concatenates its whole history with every new token (each window, each generated token of
+every answer: quadratic in a long stream), a growing layer writes the new tokens into a buffer
+of doubling capacity and hands out views of it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,54 @@ from typing import Any
 import torch
 
 __all__ = ["CachePiece", "StreamCache"]
+
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values live in buffers grown by doubling, so an
+        update copies only the new tokens; ``keys``/``values`` are views ``[B, H, n, Dh]`` of
+        the buffers (``crop`` shortens the views, the next update writes over the rest)."""
+
+        _layer_type = None  # not registered as the default layer of any attention type
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._buffers = None
+            n = self.get_seq_length()
+            need = n + int(key_states.shape[-2])
+            buffers = self._buffers
+            if (buffers is None or need > buffers[0].shape[-2] or (n and (
+                    self.keys.data_ptr() != buffers[0].data_ptr()
+                    or self.keys.shape[:-2] != key_states.shape[:-2]))):
+                capacity = max(need, 2 * n, 64)
+                buffers = tuple(
+                    new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+                    for new in (key_states, value_states))
+                if n:  # the history, once per doubling (or after a reorder replaced it)
+                    buffers[0][..., :n, :] = self.keys
+                    buffers[1][..., :n, :] = self.values
+                self._buffers = buffers
+            buffers[0][..., n:need, :] = key_states
+            buffers[1][..., n:need, :] = value_states
+            self.keys, self.values = buffers[0][..., :need, :], buffers[1][..., :need, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+_LAYER_CLASS: list[type] = []
+
+
+def _layer_class() -> type:
+    """The growing layer class, defined on first use (importing this module imports no
+    transformers)."""
+    if not _LAYER_CLASS:
+        _LAYER_CLASS.append(_growing_layer_class())
+    return _LAYER_CLASS[0]
 
 
 @dataclass
@@ -37,11 +90,18 @@ class StreamCache:
     """One growing ``DynamicCache`` over the decoder of a thinker."""
 
     def __init__(self, decoder: torch.nn.Module) -> None:
-        from transformers import DynamicCache
-
         self.decoder = decoder
-        self._factory = lambda: DynamicCache(config=decoder.config)
-        self.cache = self._factory()
+        self.cache = self._new_cache()
+
+    def _new_cache(self) -> Any:
+        """A ``DynamicCache`` for the decoder, its full-attention layers growing in place."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=self.decoder.config)
+        growing = _layer_class()
+        cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        return cache
 
     @property
     def tokens(self) -> int:
@@ -77,7 +137,7 @@ class StreamCache:
     def rebuild(self, pieces: list[CachePiece]) -> None:
         """A new cache holding ``pieces`` (prefilled in one decoder call, as a fresh offline
         prefill of the same tokens would be)."""
-        self.cache = self._factory()
+        self.cache = self._new_cache()
         if not pieces:
             return
         visual = None
