@@ -196,6 +196,7 @@ def run_offline(model, processor, config, minutes: float, args) -> dict:
                                         max_new_tokens=args.new_tokens,
                                         logits_processor=logits_processor)
             got["kept"] = int(handle.results[0].n_kept)
+            got["overhead_ms"] = handle.last_overhead_ms  # audio scoring + compression (wall)
 
     ticks = cpu_ticks()
     with PeakMemory(torch.device("cpu")) as memory:
@@ -203,7 +204,7 @@ def run_offline(model, processor, config, minutes: float, args) -> dict:
     inputs, kept = got["inputs"], got["kept"]
     result = {"minutes": minutes, **timing,
               "inputs_ms": got["inputs_ms"], "prompt_tokens": int(inputs["input_ids"].shape[1]),
-              "kept_tokens": kept,
+              "kept_tokens": kept, "scoring_and_compression_ms": got["overhead_ms"],
               "new_tokens": int(got["out"].shape[1] - inputs["input_ids"].shape[1]),
               "foreign_share": foreign_share(ticks, cpu_ticks()),
               "peak_rss_mib": memory.peak / 2**20, "rise_mib": memory.rise / 2**20}
