@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import LargestTensor
 from reference_causal import reference_causal_compress, reference_counter_uniform
 
 from omnizip import CausalHistory, OmniZipConfig, compress_sequence
@@ -356,6 +357,22 @@ def test_audio_still_guides_the_video():
                                tokens_per_frame=64, config=config).window_counts()
     assert counts[20, 1] == 50  # all its audio is salient or an anchor
     assert counts[20, 3] > counts[19, 3] and counts[20, 3] > counts[21, 3]
+
+
+@pytest.mark.parametrize("scope", ["global", "window"])
+def test_memory_stays_linear_in_the_stream(scope):
+    """No temporary beyond max(the embeddings, a few blocks): the span comparisons (salient
+    ranks, own-window anchors, span video, budget shift) are padded per-window blocks, never
+    a [stream, stream] or [pool, N_v] table."""
+    ids, embeds, scores = realistic(240, 16, seed=9)  # 120 windows
+    embeds = embeds[:, :8].contiguous()
+    block = 4096
+    n_pool, n_video = int(0.25 * scores.numel()), int((ids == V).sum())
+    assert n_pool * n_video > 50 * max(embeds.numel(), block)
+    with LargestTensor() as probe:
+        compress_sequence(embeds, ids, scores, audio_token_id=A, video_token_id=V, tokens_per_frame=16,
+                          config=OmniZipConfig(causal=True, merge_scope=scope, block_elements=block))
+    assert probe.largest <= max(embeds.numel(), 4 * block)
 
 
 # ----------------------------------------------------------------------------- the history
