@@ -166,9 +166,12 @@ def run_causal(
     keep = torch.ones(layout.length, dtype=torch.bool, device=device)
     keep[audio_positions] = audio_keep
     keep[video_positions] = video_keep
+    # A call without windows (text only) resolves nothing: the first window still decides.
+    has_windows = bool(layout.n_audio_chunks or layout.n_video_chunks)
+    resolved = (rho_audio, rho_video) if has_windows else (hist.rho_audio, hist.rho_video)
     new_history = next_history(
         hist, config, layout, span_scores, span_lengths, base, source, video_positions, norms,
-        inv_norm, continued, rho_audio, rho_video,
+        inv_norm, continued, *resolved,
     )
     return CompressionResult(
         keep=keep,
@@ -321,9 +324,12 @@ def _span_ratios(
     span_sizes = torch.where(valid, all_sizes[index], 0.0)  # host: the layout's counts
     apply = (span_sizes > 0).sum(dim=1) > 2
     span_sizes = span_sizes.to(device)
+    # r is snapped to a multiple of 2**-40: the bisection pins λ down to its last bits only,
+    # and that noise must not move a frame's int(P * (1 - r)) across an integer where the
+    # exact solution sits on one (e.g. r = 0.5 with P = 2).
     shifted = shift_rows_to_budget(
         all_base[index.to(device)], span_sizes, rho_video * span_sizes.sum(dim=1),
-        config.min_ratio, config.max_ratio,
+        config.min_ratio, config.max_ratio, grid=2.0**40,
     )[:, -1]
     return torch.where(apply.to(device), shifted, base)
 
