@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from capture_vllm import _request  # noqa: E402  (the V1 capture's request format)
+from capture_vllm import _request  # the V1 capture's request format
 
 
 class _Kernel:
@@ -54,7 +54,7 @@ class _Kernel:
 
 
 def _apply_write(grid, output, stride, indices, starts, contents, cu_lens, group_ids,
-                 BLOCK_SIZE, MULTI_GROUP):  # noqa: N803 - the kernel's own argument names
+                 BLOCK_SIZE, MULTI_GROUP):
     """``buffer_utils._apply_write_kernel`` (single group): write ``contents[cu[i-1]:cu[i]]``
     into row ``indices[i]`` of ``output`` from column ``starts[i]``."""
     assert not MULTI_GROUP
@@ -68,7 +68,7 @@ def _apply_write(grid, output, stride, indices, starts, contents, cu_lens, group
 
 def _prepare_rope_positions(grid, positions, positions_stride, prefill_positions, stride0,
                             stride1, prefill_delta, idx_mapping, query_start_loc, prefill_lens,
-                            num_computed_tokens, BLOCK_SIZE, NUM_DIMS):  # noqa: N803
+                            num_computed_tokens, BLOCK_SIZE, NUM_DIMS):
     """``mm.rope._prepare_rope_positions_kernel``: a prefilling request's chunk reads its staged
     prefill positions, a decoding one continues at ``position + delta``."""
     table = prefill_positions.view(-1)
