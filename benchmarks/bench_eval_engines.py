@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Evaluation throughput: ``omnizip eval --engine hf`` against ``--engine vllm``, same questions.
 
-Makes a local ShortVid-Bench copy of N generated clips (moving test pattern, espeak-ng speech
-then silence, 4 fps, lengths spread over ``--seconds``), saves the checkpoint (default: the
+Makes a local ShortVid-Bench copy of N generated clips (moving test pattern with per-frame
+noise, espeak-ng speech then silence, 4 fps, lengths spread over ``--seconds``), saves the checkpoint (default: the
 serving benchmark's scaled random-weight Qwen2.5-Omni, decoder 256 wide, 4 layers), then runs
 the same ``omnizip eval`` command (OmniZip preset 45, ``budget="exact"`` on both engines) once
 per engine, one after the other, and reports per engine: items/s of the questions (the run's
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_serving import clip_lengths, make_clips  # noqa: E402
+from bench_serving import SPEECH, clip_lengths  # noqa: E402
 
 ENGINE_KWARGS = {"enforce_eager": True, "max_model_len": 16384, "kv_cache_memory_bytes": 4 << 30,
                  "max_num_batched_tokens": 16384}
@@ -47,6 +47,23 @@ def checkpoint(model: str | None) -> Path:
     if not (folder / "spk_dict.pt").is_file():  # older saves lack the speaker table
         save_tiny_checkpoint(folder, "qwen2.5-omni", **SCALED_SIZES)
     return folder
+
+
+def make_clips(folder: Path, lengths: list[float]) -> list[Path]:
+    """The serving benchmark's clips (160x120, 4 fps, speech then silence), textured: the
+    per-item comparison of the engines should not hinge on exact ties between flat patches."""
+    from omnizip.demo.media import make_test_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i, seconds in enumerate(lengths):
+        path = folder / f"clip{i:03d}_{seconds:.0f}s_textured.mp4"
+        if not path.is_file():
+            speech = " ".join(SPEECH[(i + j) % len(SPEECH)] for j in range(1 + i % 3))
+            make_test_clip(path, seconds=seconds, speech=speech, width=160, height=120, fps=4,
+                           texture=True)
+        clips.append(path)
+    return clips
 
 
 def benchmark_file(folder: Path, n: int, low: float, high: float) -> Path:

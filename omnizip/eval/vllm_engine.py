@@ -69,10 +69,13 @@ class _Worker:
             [python, "-m", "omnizip.vllm.eval_worker", json.dumps(spec)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log_file, env=env, text=True, bufsize=1,
         )
-        self.started = self._read(timeout)
-        if not self.started.get("ready"):
+        try:
+            self.started = self._read(timeout)
+            if not self.started.get("ready"):
+                raise RuntimeError(f"the vLLM engine did not start: {self.started.get('fatal') or self._tail()}")
+        except BaseException:
             self.close()
-            raise RuntimeError(f"the vLLM engine did not start: {self.started.get('fatal') or self._tail()}")
+            raise
 
     def _tail(self, lines: int = 15) -> str:
         text = self.log.read_text(errors="replace").strip().splitlines()
