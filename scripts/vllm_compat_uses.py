@@ -27,48 +27,56 @@ from vllm_compat_sources import Source, signature
 
 __all__ = ["CALLS", "RUNTIME_READS", "Use", "collect_uses"]
 
-#: attributes read from vLLM objects that are not ``self`` (symbol -> optional)
-RUNTIME_READS: dict[str, bool] = {
-    "vllm.config.VllmConfig.model_config": False,
-    "vllm.config.ModelConfig.hf_config": False,
-    "vllm.config.ModelConfig.multimodal_config": False,
-    "vllm.config.MultiModalConfig.is_multimodal_pruning_enabled": False,
-    "vllm.multimodal.inputs.MultiModalFeatureSpec.mm_position": False,
-    "vllm.multimodal.inputs.MultiModalFeatureSpec.modality": False,
-    "vllm.multimodal.inputs.MultiModalFeatureSpec.data": False,
-    "vllm.multimodal.inputs.PlaceholderRange.offset": False,
-    "vllm.multimodal.inputs.PlaceholderRange.length": False,
-    "vllm.multimodal.inputs.PlaceholderRange.is_embed": False,
-    "vllm.multimodal.processing.context.BaseProcessingInfo.ctx": False,
-    "vllm.multimodal.processing.context.BaseProcessingInfo.get_hf_config": False,
-    "vllm.multimodal.processing.context.InputProcessingContext.model_config": False,
-    "vllm.model_executor.models.registry._ModelRegistry.get_supported_archs": False,
-    "vllm.model_executor.models.registry._ModelRegistry.register_model": False,
-    "vllm.multimodal.registry.MultiModalRegistry.register_processor": False,
+#: attributes read from vLLM objects that are not ``self``: symbol -> (the plugin files that read
+#: it, optional)
+RUNTIME_READS: dict[str, tuple[str, bool]] = {
+    "vllm.config.VllmConfig.model_config": ("thinker.py", False),
+    "vllm.config.ModelConfig.hf_config": ("processing.py, thinker.py", False),
+    "vllm.config.ModelConfig.multimodal_config": ("thinker.py", False),
+    "vllm.config.MultiModalConfig.is_multimodal_pruning_enabled": ("thinker.py", False),
+    "vllm.multimodal.inputs.MultiModalFeatureSpec.mm_position": ("thinker.py", False),
+    "vllm.multimodal.inputs.MultiModalFeatureSpec.modality": ("thinker.py", False),
+    "vllm.multimodal.inputs.MultiModalFeatureSpec.data": ("thinker.py", False),
+    "vllm.multimodal.inputs.PlaceholderRange.offset": ("processing.py, thinker.py", False),
+    "vllm.multimodal.inputs.PlaceholderRange.length": ("processing.py, thinker.py", False),
+    "vllm.multimodal.inputs.PlaceholderRange.is_embed": ("processing.py", False),
+    "vllm.multimodal.processing.context.BaseProcessingInfo.ctx": ("processing.py", False),
+    "vllm.multimodal.processing.context.BaseProcessingInfo.get_hf_config": ("processing.py", False),
+    "vllm.multimodal.processing.context.InputProcessingContext.model_config": ("processing.py", False),
+    "vllm.model_executor.models.registry._ModelRegistry.get_supported_archs": ("__init__.py", False),
+    "vllm.model_executor.models.registry._ModelRegistry.register_model": ("__init__.py", False),
+    "vllm.multimodal.registry.MultiModalRegistry.register_processor": ("qwen2_5_omni.py, qwen3_omni.py", False),
     # Qwen3-Omni's audio encoder is vLLM's own module: the scorer reads its last attention layer
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioEncoder.layers": False,
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioEncoderLayer.self_attn": False,
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.qkv_proj": False,
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.num_heads": False,
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.num_local_heads": False,
-    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.scaling": False,
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioEncoder.layers": ("thinker.py", False),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioEncoderLayer.self_attn": ("thinker.py", False),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.qkv_proj": ("audio_scores.py", False),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.num_heads": ("audio_scores.py", False),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.num_local_heads": ("audio_scores.py", False),
+    "vllm.model_executor.models.qwen3_omni_moe_thinker.Qwen3OmniMoeAudioAttention.scaling": ("audio_scores.py", False),
+    # the engine of `omnizip eval --engine vllm` (omnizip.vllm.eval_worker)
+    "vllm.LLM.generate": ("eval_worker.py", False),
+    "vllm.outputs.RequestOutput.outputs": ("eval_worker.py", False),
+    "vllm.outputs.RequestOutput.prompt_token_ids": ("eval_worker.py", False),
+    "vllm.outputs.RequestOutput.num_cached_tokens": ("eval_worker.py", False),
+    "vllm.outputs.CompletionOutput.text": ("eval_worker.py", False),
+    "vllm.outputs.CompletionOutput.token_ids": ("eval_worker.py", False),
     # the V2 runner's model state (omnizip.vllm.runner.add_pruner)
-    "vllm.v1.worker.gpu.model_states.interface.ModelState.model": False,
-    "vllm.v1.worker.gpu.model_states.interface.ModelState.encoder_cache": False,
-    "vllm.v1.worker.gpu.model_states.interface.ModelState.inputs_embeds_size": False,
-    "vllm.v1.worker.gpu.model_states.default.DefaultModelState.rope_state": False,
-    "vllm.v1.worker.gpu.model_states.default.DefaultModelState.mm_pruner": False,
+    "vllm.v1.worker.gpu.model_states.interface.ModelState.model": ("runner.py", False),
+    "vllm.v1.worker.gpu.model_states.interface.ModelState.encoder_cache": ("runner.py", False),
+    "vllm.v1.worker.gpu.model_states.interface.ModelState.inputs_embeds_size": ("runner.py", False),
+    "vllm.v1.worker.gpu.model_states.default.DefaultModelState.rope_state": ("runner.py", False),
+    "vllm.v1.worker.gpu.model_states.default.DefaultModelState.mm_pruner": ("runner.py", False),
     # the V1 runners (0.32, 0.33) and the standalone CPU runner (0.34): optional
-    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model": True,
-    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.get_model": True,
-    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.is_multimodal_pruning_enabled": True,
-    "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model": True,
-    "vllm.v1.worker.cpu.model_states.interface.ModelState.model": True,
-    "vllm.v1.worker.cpu.model_states.interface.ModelState.encoder_cache": True,
-    "vllm.v1.worker.cpu.model_states.interface.ModelState.inputs_embeds_size": True,
-    "vllm.v1.worker.cpu.model_states.default.DefaultModelState.rope_state": True,
-    "vllm.v1.worker.cpu.model_states.default.DefaultModelState.mm_pruner": True,
-    "vllm.platforms.interface.Platform.uses_standalone_cpu_model_runner": True,
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model": ("runner.py", True),
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.get_model": ("runner.py", True),
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.is_multimodal_pruning_enabled": ("runner.py", True),
+    "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model": ("runner.py", True),
+    "vllm.v1.worker.cpu.model_states.interface.ModelState.model": ("runner.py", True),
+    "vllm.v1.worker.cpu.model_states.interface.ModelState.encoder_cache": ("runner.py", True),
+    "vllm.v1.worker.cpu.model_states.interface.ModelState.inputs_embeds_size": ("runner.py", True),
+    "vllm.v1.worker.cpu.model_states.default.DefaultModelState.rope_state": ("runner.py", True),
+    "vllm.v1.worker.cpu.model_states.default.DefaultModelState.mm_pruner": ("runner.py", True),
+    "vllm.platforms.interface.Platform.uses_standalone_cpu_model_runner": ("runner.py", True),
 }
 
 #: vLLM callables the plugin calls with positional arguments: symbol -> (parameters, optional)
@@ -256,13 +264,23 @@ def collect_uses(plugin_dir: Path, reference: Source) -> list[Use]:
                 if name in provided:
                     add("inherited", f"{provided[name]}.{name}", c.file)
 
-    for symbol, optional in RUNTIME_READS.items():
-        add("runtime", symbol, _where(symbol.rsplit(".", 1)[1], sources), optional)
+    for symbol, (files, optional) in RUNTIME_READS.items():
+        add("runtime", symbol, _declared(symbol.rsplit(".", 1)[1], files, sources), optional)
     for symbol, (params, optional) in CALLS.items():
         parts = symbol.split(".")
         name = parts[-2] if parts[-1] == "__init__" else parts[-1]
         add("call", symbol, _where(name, sources, word=True), optional, ",".join(params))
     return sorted(uses.values(), key=lambda u: (_KIND_ORDER.index(u.kind), u.symbol))
+
+
+def _declared(name: str, files: str, sources: dict[str, str]) -> str:
+    """``files`` (comma-separated plugin files), each checked to mention ``.name`` (or the name
+    as a string, for ``getattr``): an error for a declared read a file no longer has."""
+    for file in files.split(", "):
+        if not re.search(rf"\.{re.escape(name)}\b|[\"']{re.escape(name)}[\"']", sources.get(file, "")):
+            raise ValueError(f"scripts/vllm_compat_uses.py declares that omnizip/vllm/{file} reads "
+                             f".{name}; it does not (any more): update RUNTIME_READS")
+    return files
 
 
 def _where(name: str, sources: dict[str, str], word: bool = False) -> str:
