@@ -62,8 +62,12 @@ def _find(module: str, name: str) -> Any:
 
 def standalone_cpu_runner() -> bool:
     """True when this process runs vLLM's standalone (Triton-free) CPU model runner, which
-    refuses models that supply their own model state (vLLM 0.34+; older versions have none)."""
-    from vllm.platforms import current_platform
+    refuses models that supply their own model state (vLLM 0.34+; older versions have none;
+    False outside vLLM's environment)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
 
     # looked up on the class: a vLLM Platform logs a warning for every missing instance attribute
     check = getattr(type(current_platform), "uses_standalone_cpu_model_runner", None)
