@@ -89,6 +89,8 @@ class PrunedPrefill:
         self.ids = prefill.input_ids
         self.positions = prefill.positions
         self.steps: list[tuple[int, Repadded]] = []
+        #: per step, (K, per row the prefill slots layers >= K see)
+        self.history: list[tuple[int, list[torch.Tensor]]] = []
         self.layout: Repadded | None = None
         self.inputs: dict[str, Any] | None = None  # mask, rotary, text positions of later layers
         self.pending: dict[int, list[torch.Tensor]] = {}
@@ -171,6 +173,7 @@ class PrunedPrefill:
         if self.positions.dim() == 2:
             self.positions = self.positions.unsqueeze(0)
         self.steps.append((layer, step))
+        self.history.append((layer, in_prefill))
         self.layout = repad_rows(in_prefill, prefill.padding, prefill.positions, prefill.text_row)
         if self.held is not None:
             self.features = self.held.pruned(self.layout)

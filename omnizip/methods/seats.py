@@ -25,14 +25,13 @@ Decoder hooks: :mod:`omnizip.methods.seats_hooks`.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from ..core import TokenDecision
+from ..core.layout import build_layout
 from ..method import DEFAULT_BLOCK_ELEMENTS, CompressionMethod, FamilyLayout
 from ._common import (
     check_choice,
@@ -42,6 +41,8 @@ from ._common import (
     prepare,
     video_frame_runs,
 )
+from .seats_hooks import SEATSHooks
+from .seats_result import SEATSDecision
 from .seats_schedule import LayerSchedule, derive_schedule, keep_ratios, ratio_pair
 from .seats_select import divprune_windows, window_counts
 
@@ -55,50 +56,6 @@ TEMPERATURES = {"Qwen2.5-Omni": 0.1, "Qwen3-Omni": 0.3}
 #: release's default pair, 0.30 / 0.65, is its "R=35" point)
 DEFAULT_RETENTION = 0.35
 SCHEDULES = ("exp",)
-
-
-@dataclass
-class SEATSDecision(TokenDecision):
-    """SEATS's decision for one row: ``keep`` is what enters the decoder (Stage I);
-    ``steps`` what the layers from each in-decoder step on see.
-
-    Attributes (beyond :class:`~omnizip.TokenDecision`):
-        steps: ``((K, keep bool [L]), ...)`` per in-decoder step, in order: layers ``>= K``
-            see the tokens of that mask (Stage II drops; the last is Stage III's removal).
-        n_layers: the decoder's depth (0 before the decoder ran).
-    """
-
-    steps: tuple[tuple[int, torch.Tensor], ...] = ()
-    n_layers: int = 0
-
-    def layer_keep(self, layer: int) -> torch.Tensor:
-        """bool ``[L]``: the tokens decoder layer ``layer`` (0-based) sees."""
-        keep = self.keep
-        for k, mask in self.steps:
-            if layer >= k:
-                keep = mask
-        return keep
-
-    @property
-    def layer_tokens(self) -> list[int]:
-        """Tokens (text included) each decoder layer saw, one entry per layer."""
-        counts = [int(self.keep.sum())] + [int(m.sum()) for _, m in self.steps]
-        bounds = [0, *(k for k, _ in self.steps), self.n_layers]
-        return [c for c, (a, b) in zip(counts, itertools.pairwise(bounds), strict=True) for _ in range(max(0, b - a))]
-
-    @property
-    def layer_retention(self) -> float:
-        """The multimodal retention averaged over the decoder's layers (SEATS's ``R``)."""
-        media = torch.cat([self.audio_positions, self.video_positions])
-        if media.numel() == 0 or self.n_layers == 0:
-            return self.retention
-        counts = [int(self.keep[media].sum())] + [int(m[media].sum()) for _, m in self.steps]
-        bounds = [0, *(k for k, _ in self.steps), self.n_layers]
-        kept = sum(c * max(0, b - a) for c, (a, b) in zip(counts, itertools.pairwise(bounds), strict=True))
-        return kept / (media.numel() * self.n_layers)
-
-    def summary(self) -> str:
-        return f"SEATS {super().summary()}, layer-averaged retention {self.layer_retention:.1%}"
 
 
 def _check_float(name: str, value: Any, low: float, low_open: bool = True) -> None:
@@ -217,10 +174,8 @@ class SEATSConfig(CompressionMethod):
     def prunes_in_decoder(self) -> bool:
         return True
 
-    def model_hooks(self, ctx: Any) -> Any:
+    def model_hooks(self, ctx: Any) -> SEATSHooks:
         """Vision-encoder scores and the decoder steps (:mod:`omnizip.methods.seats_hooks`)."""
-        from .seats_hooks import SEATSHooks
-
         return SEATSHooks(ctx, self)
 
     def for_model(self, layout: FamilyLayout) -> SEATSConfig:
@@ -295,6 +250,30 @@ class SEATSConfig(CompressionMethod):
             keep=keep, embeds=embeds, audio_positions=layout.audio_positions.to(device),
             video_positions=layout.video_positions.to(device),
         )
+
+    def predict_layer_tokens(self, input_ids: torch.Tensor, *, audio_token_id: int, video_token_id: int,
+                             tokens_per_frame: Any, n_layers: int) -> list[int]:
+        """Tokens each decoder layer sees for the row ``input_ids``, without running anything:
+        Stage I's counts exactly (they depend on the windows only), each drop step's nominal
+        ``max(1, round(ratio * count))`` per modality (the windowed budgets can differ from it
+        by a few tokens), none after the removal. For choosing a setting (``omnizip bench``)."""
+        layout = build_layout(input_ids, audio_token_id, video_token_id, tokens_per_frame)
+        ratio_v, ratio_a = self.encoder_ratios
+        counts = [
+            int(window_counts(self.video_windows(layout), ratio_v).sum()) if layout.n_video else 0,
+            int(window_counts(self.audio_windows(layout.n_audio), ratio_a).sum()) if layout.n_audio else 0,
+        ]
+        text = layout.length - layout.n_audio - layout.n_video
+        layers = self.layer_schedule(n_layers)
+        steps = dict(zip(layers.effective_drops, zip(*self.step_ratios(n_layers), strict=True), strict=True))
+        out = []
+        for layer in range(n_layers):
+            if layer == layers.removal:
+                counts = [0, 0]
+            elif layer in steps:
+                counts = [max(1, round(r * c)) if c else 0 for r, c in zip(steps[layer], counts, strict=True)]
+            out.append(text + sum(counts))
+        return out
 
     def video_windows(self, layout: Any) -> torch.Tensor:
         """int64 ``[W]`` (host): video tokens per Stage I window, ``grid_in_window`` frames each,

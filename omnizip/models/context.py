@@ -67,7 +67,8 @@ class Prefill:
         before: the method's own pre-decoder compression of this prefill (a
             :class:`~omnizip.models.batch.BatchCompression`, SEATS Stage I) when it decides
             before the decoder too: the tensors above are then the compressed prompt's, and
-            ``before.index`` maps their slots to the caller's.
+            ``before.index`` maps their slots to the caller's (when ``before.changed``),
+            ``caller_padding`` (bool ``[B, L]``) holds the caller's real slots.
     """
 
     input_ids: torch.Tensor
@@ -77,6 +78,7 @@ class Prefill:
     kwargs: dict
     started: float
     before: Any = None
+    caller_padding: torch.Tensor | None = None
 
 
 @dataclass

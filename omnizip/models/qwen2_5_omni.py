@@ -308,7 +308,8 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
                 ids = gather_tokens(ids, batch.index.to(ids.device), fill=-1)
                 padding, positions = batch.padding, batch.position_ids
         if self.method.prunes_in_decoder:
-            prefill = Prefill(ids, padding, positions, text_row, new_kwargs, started, before=batch)
+            prefill = Prefill(ids, padding, positions, text_row, new_kwargs, started, before=batch,
+                              caller_padding=call.padding.to(embeds.device))
             update = self.hooks.begin_prefill(prefill)
             if update:
                 new_kwargs = {**new_kwargs, **update}
