@@ -78,7 +78,8 @@ def stage1(ids: list[int], embeds: list[list[float]], audio_scores: list[float],
         k += 1
         for s in range(0, len(run), per_frame):
             frames.append(run[s:s + per_frame])
-    v_windows = [sum(frames[w:w + grid_in_window], []) for w in range(0, len(frames), grid_in_window)]
+    v_windows = [[t for frame in frames[w:w + grid_in_window] for t in frame]
+                 for w in range(0, len(frames), grid_in_window)]
     a_windows = [list(range(s, min(s + audio_window, len(a_pos)))) for s in range(0, len(a_pos), audio_window)]
     for windows, pos, scores, ratio in ((v_windows, v_pos, video_scores, ratio_v),
                                         (a_windows, a_pos, audio_scores, ratio_a)):

@@ -311,7 +311,7 @@ def test_cli_bad_input_one_line_errors(tmp_path, capsys):
     data = write_shortvid(tmp_path, ["a.mp4"], ["A"])
     base = ["--data", str(data), "--model", "tiny", "--output", str(tmp_path / "out")]
     code, err = _cli(capsys, "--benchmark", "mmlu", *base)
-    assert code == 2 and err == "omnizip eval: error: unknown benchmark 'mmlu'; known: worldsense, videomme, avut, shortvid, dailyomni"
+    assert code == 2 and err == "omnizip eval: error: unknown benchmark 'mmlu'; known: worldsense, videomme, avut, shortvid, dailyomni, omnivideobench, lvomnibench"
     code, err = _cli(capsys, "--benchmark", "shortvid", *base, "--method", "nope")
     assert code == 2 and err.startswith("omnizip eval: error: unknown method 'nope'") and "\n" not in err
     code, err = _cli(capsys, "--benchmark", "shortvid", *base, "--method", "dycoke", "--option", "windw=3")

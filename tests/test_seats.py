@@ -3,14 +3,15 @@ on random inputs, the schedule meets its target, the depth rule and the configur
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
+import reference_seats as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference_seats as ref
 from omnizip.methods import SEATSConfig, get_method, method_name
 from omnizip.methods.seats_result import SEATSDecision
 from omnizip.methods.seats_schedule import (
@@ -205,7 +206,7 @@ def test_ratio_pairs():
     assert ratio_pair(0.25, "Qwen3-Omni") == pytest.approx((0.22, 0.60))
     assert ratio_pair(1.0) == (1.0, 1.0)
     pairs = [ratio_pair(r / 100) for r in range(1, 101)]
-    assert all(a <= b for a, b in zip(pairs, pairs[1:])) and pairs[0] > (0, 0)
+    assert all(a <= b for a, b in itertools.pairwise(pairs)) and pairs[0] > (0, 0)
     assert SEATSConfig().targets == pytest.approx((0.30, 0.65))  # the release's defaults
     assert SEATSConfig(family="Qwen3-Omni").targets == pytest.approx((0.32, 0.70))
     assert SEATSConfig(video_ratio=0.5, audio_ratio=0.8).encoder_ratios == pytest.approx((0.7, 1.0))
