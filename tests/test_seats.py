@@ -224,6 +224,11 @@ def test_config_defaults_and_registry():
     assert SEATSConfig(drop_layers="16-18-20", late_block_layer=24).layer_schedule(28) == \
         LayerSchedule(28, (16, 18, 20), 23)
     assert get_method("seats", drop_layers=[3, 1], late_block_layer=5).drop_layers == (1, 3)
+    from omnizip.methods import coerce_option
+
+    for text in ("16-18-20", "16,18,20"):  # the release's spelling and a list
+        layers = coerce_option("seats", "drop_layers", text)
+        assert SEATSConfig(drop_layers=layers, late_block_layer=24).drop_layers == (16, 18, 20)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [

@@ -69,6 +69,8 @@ def _layers_tuple(value: Any) -> tuple[int, ...]:
     """Drop layers from a tuple/list of ints or the release's ``"16-18-20"`` / ``"16,18,20"``."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]  # one layer (a command line's "16" arrives as an int)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # --option drop_layers=16-18-20 arrives as ("16-18-20",)
     if isinstance(value, str):
         value = [p for p in value.replace("-", ",").split(",") if p.strip()]
     if isinstance(value, (list, tuple)):

@@ -70,7 +70,8 @@ def divprune_windows(
     for lo in range(0, int(lengths.numel()), rows):
         idx = index[lo : lo + rows].to(device)
         ok = valid[lo : lo + rows].to(device)
-        chosen = _divprune_block(features[idx], weights[idx], ok, counts[lo : lo + rows].to(device))
+        with torch.no_grad():  # a selection: no gradient flows through it
+            chosen = _divprune_block(features[idx], weights[idx], ok, counts[lo : lo + rows].to(device))
         keep.scatter_(0, torch.where(ok, idx, n).flatten(), chosen.flatten())
     return keep[:n]
 
