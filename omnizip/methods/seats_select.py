@@ -79,9 +79,10 @@ def divprune_windows(
 def _divprune_block(x: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """:func:`divprune_windows` on padded windows ``x [b, n, D]``, ``w``/``valid [b, n]``."""
     b, n, _ = x.shape
-    x = x.float()
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float32 (float64 inputs stay float64)
+    x = x.to(dtype)
     unit = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + COSINE_EPS)
-    dist = (1.0 - unit @ unit.transpose(1, 2)) * w.float()[:, None, :]  # [b, i, j]: column-weighted
+    dist = (1.0 - unit @ unit.transpose(1, 2)) * w.to(dtype)[:, None, :]  # [b, i, j]: column-weighted
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     others = valid[:, :, None] & ~eye  # rows i != j that exist
     nearest = dist.masked_fill(~others, float("inf")).amin(dim=1)  # [b, j]
