@@ -15,6 +15,7 @@ stat                   meaning
 ``kept_audio/video``   of those, kept (from the patch's per-row decisions; all without one)
 ``generated_tokens``   tokens generated
 ``generated_ids``      their token ids (compared across engines)
+``layer_tokens``       tokens each decoder layer saw (methods that prune inside the decoder)
 ``prefill_ms``         wall time of the decoder's prefill forward (after compression)
 ``ttft_ms``            wall time from ``generate`` to the end of that forward (encoders,
                        scores and compression included)
@@ -152,10 +153,13 @@ class OmniAnswerer(ConversationInputs):
         n_video = int((ids == self.video_token_id).sum())
         kept_audio, kept_video = n_audio, n_video
         overhead = None
+        layer_tokens = None
         if self.handle is not None and self.handle.results:
             kept_audio = sum(r.n_audio_kept for r in self.handle.results)
             kept_video = sum(r.n_video_kept for r in self.handle.results)
             overhead = self.handle.last_overhead_ms
+            if self.handle.layer_tokens:
+                layer_tokens = [sum(c) for c in zip(*self.handle.layer_tokens, strict=True)]
         stats = {
             "prompt_tokens": int(ids.numel()),
             "n_text": int(ids.numel()) - n_audio - n_video,
@@ -171,6 +175,8 @@ class OmniAnswerer(ConversationInputs):
             stats["ttft_ms"] = (timing["prefill_end"] - start) * 1e3
         if overhead is not None:
             stats["overhead_ms"] = overhead
+        if layer_tokens is not None:
+            stats["layer_tokens"] = layer_tokens
         return text, stats
 
     def __call__(self, item: Item) -> tuple[str, dict]:

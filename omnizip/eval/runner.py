@@ -17,7 +17,8 @@ line of an id wins. A half-written last line (the run was killed mid-write) is d
 ``predictions.jsonl`` lines: ``id``, ``category``, ``fields``, ``answer`` (gold letter),
 ``prediction`` (extracted letter or null), ``correct``, ``response`` (decoded text),
 ``error`` (null or the message), ``stats`` (the answer function's stats plus ``flops_ratio``,
-``macs_full`` and ``macs_kept`` when the model's dimensions are known).
+``macs_full`` and ``macs_kept`` when the model's dimensions are known; methods whose decoder
+layers see different token counts report them as ``layer_tokens`` and are counted per layer).
 
 ``metrics.json``: ``accuracy`` (correct / answered, failures count as wrong), ``correct``,
 ``answered``, ``n_items``, ``n_errors``, ``complete``, ``per_category`` and ``per_field``
@@ -204,7 +205,10 @@ def _flops_stats(stats: dict, dims: Any, prune_layer: int | None) -> dict:
     full_n = stats["n_text"] + stats["n_audio"] + stats["n_video"]
     kept_n = stats["n_text"] + stats["kept_audio"] + stats["kept_video"]
     full = run_macs(dims, full_n, generated=generated)
-    if prune_layer is None:
+    layer_tokens = stats.get("layer_tokens")
+    if isinstance(layer_tokens, list) and len(layer_tokens) == dims.layers:
+        kept = run_macs(dims, kept_n, generated=generated, layer_tokens=layer_tokens)
+    elif prune_layer is None:
         kept = run_macs(dims, kept_n, generated=generated)
     else:
         kept = run_macs(dims, full_n, generated=generated, prune_layer=prune_layer, n_after=kept_n)

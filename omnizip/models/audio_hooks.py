@@ -19,9 +19,21 @@ from ..core import audio_attention_scores, audio_energy_scores, pool_audio_score
 from ..method import CompressionMethod
 from .prefill import PrefillCall
 
-__all__ = ["AudioScoring"]
+__all__ = ["AudioScoring", "stream_windows"]
 
 logger = logging.getLogger("omnizip")
+
+
+def stream_windows(stream_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """int32 ``[n + 1]`` cumulative bounds of windows of ``width`` frames laid along each
+    stream (a stream's last window may be shorter), for ``audio_attention_scores``."""
+    lengths = stream_lengths.to("cpu", torch.int64)
+    full, tail = lengths // width, lengths % width
+    per_stream = full + (tail > 0).to(torch.int64)
+    sizes = torch.full((int(per_stream.sum()),), width, dtype=torch.int64)
+    last = torch.cumsum(per_stream, 0) - 1
+    sizes[last[tail > 0]] = tail[tail > 0]
+    return torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
 
 
 class AudioScoring:
@@ -80,13 +92,23 @@ class AudioScoring:
                 key,
                 scope=self._score_mode(),
                 stream_lengths=streams,
-                cu_seqlens=cu_seqlens if self._score_mode() == "windowed" else None,
+                cu_seqlens=self._score_windows(cu_seqlens, streams),
                 scale=float(module.scaling),
                 block_elements=method.block_elements,
             )
             call.scores.append(pool_audio_scores(frame_scores, streams, pool=self.audio_pool))
         call.score_seconds += time.perf_counter() - started
         return None
+
+    def _score_windows(self, cu_seqlens: Any, streams: torch.Tensor) -> Any:
+        """The spans of ``audio_score="windowed"``: the encoder's own attention windows, or
+        windows of ``method.audio_score_window`` LLM tokens laid along each stream (SEATS)."""
+        if self._score_mode() != "windowed":
+            return None
+        tokens = self.method.audio_score_window
+        if tokens is None:
+            return cu_seqlens
+        return stream_windows(streams, int(tokens) * self.audio_pool)
 
     def _audio_scores(
         self, call: PrefillCall, embeds: torch.Tensor, is_audio: torch.Tensor
