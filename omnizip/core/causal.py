@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from .audio import merge_normalise
+from .audio import MERGE_NORM_EPS, merge_normalise
 from .causal_audio import (
     CausalSplit,
     counter_uniform,
@@ -23,7 +23,7 @@ from .causal_audio import (
 )
 from .causal_state import next_history, stream_continuation
 from .history import CausalHistory, check_history, start_history
-from .layout import FrameTable, SequenceLayout, build_layout, exclusive_cumsum
+from .layout import FrameTable, SequenceLayout, build_layout, exclusive_cumsum, segment_ids
 from .pipeline import (
     apply_merges,
     decision_source,
@@ -34,7 +34,7 @@ from .pipeline import (
 from .ratios import base_ratios, shift_rows_to_budget
 from .results import CompressionResult
 from .select import keep_best
-from .similarity import segment_max_cosine
+from .similarity import rowwise_products, segment_cosine_table
 from .validate import check_audio_scores, check_inputs
 from .video import ISTC_NORM_EPS, istc_keep, temporal_similarity
 
@@ -166,9 +166,12 @@ def run_causal(
     keep = torch.ones(layout.length, dtype=torch.bool, device=device)
     keep[audio_positions] = audio_keep
     keep[video_positions] = video_keep
+    # A call without windows (text only) resolves nothing: the first window still decides.
+    has_windows = bool(layout.n_audio_chunks or layout.n_video_chunks)
+    resolved = (rho_audio, rho_video) if has_windows else (hist.rho_audio, hist.rho_video)
     new_history = next_history(
         hist, config, layout, span_scores, span_lengths, base, source, video_positions, norms,
-        inv_norm, continued, rho_audio, rho_video,
+        inv_norm, continued, *resolved,
     )
     return CompressionResult(
         keep=keep,
@@ -230,33 +233,75 @@ def _span_merge_scores(
     block: int,
 ) -> torch.Tensor:
     """Rule 3's merge score: a pool token's highest cosine to the video of its window's span
-    (windows ``w-K+1..w``): this call's video chunks and the history's, each searched in
-    padded per-window blocks; with no video in the span, its cosine to its anchor."""
-    rows_start = exclusive_cumsum(split.pool_counts)
-    window = hist.n_audio_chunks + torch.arange(layout.n_audio_chunks)  # audio chunk = window
-    parts = []
+    (windows ``w-K+1..w``); with no video there, its cosine to its anchor.
+
+    Video is read once per chunk: chunk ``c`` is compared with the pool tokens of the windows
+    whose span holds it (``c..c+K-1``, a contiguous run of the pool), in padded per-chunk
+    blocks, for this call's chunks and the history's; each token then takes the best of its
+    span's chunks (the earlier on ties) and its winner's cosine is recomputed row by row.
+    """
+    device = pool_hat.device
+    n_pool = pool_hat.shape[0]
+    pool_start = exclusive_cumsum(split.pool_counts)
+    pool_end = pool_start + split.pool_counts
+    first_window = hist.n_audio_chunks  # an audio chunk's index is its window's
+    row_window = first_window + segment_ids(split.pool_counts)[0]  # host [p]
+    offsets = torch.arange(lookback)
+    values = torch.full((n_pool, lookback), float("-inf"), device=device)
+    winners = torch.zeros(n_pool, lookback, dtype=torch.int64, device=device)
+    from_history = torch.zeros(n_pool, lookback, dtype=torch.bool)
     hv = hist.n_video_chunks
-    for lengths, first_chunk, columns, positions, scale in (
+    sources = (
         (layout.video_chunk_lengths, hv, source, video_positions,
-         None if norms is None else 1.0 / (norms[video_positions] + 1e-6)),
+         None if norms is None else 1.0 / (norms[video_positions] + MERGE_NORM_EPS), False),
         (torch.tensor(hist.video_lengths, dtype=torch.int64), hv - len(hist.video_lengths),
-         hist.video_rows, torch.arange(hist.video_rows.shape[0], device=source.device), hist.video_scale),
-    ):
-        if not lengths.numel():
+         hist.video_rows, torch.arange(hist.video_rows.shape[0], device=device), hist.video_scale, True),
+    )
+    exact_parts = []
+    for lengths, first_chunk, columns, positions, scale, is_history in sources:
+        n_chunks = lengths.numel()
+        if n_chunks == 0 or n_pool == 0:
+            exact_parts.append(None)
             continue
-        lo = (window - lookback + 1 - first_chunk).clamp(min=0)
-        hi = (window - first_chunk).clamp(max=lengths.numel() - 1)  # inclusive
-        offsets = exclusive_cumsum(lengths)
-        ends = offsets + lengths
-        span = torch.where(hi >= lo, ends[hi.clamp(min=0)] - offsets[lo.clamp(max=lengths.numel() - 1)], 0)
-        start = torch.where(hi >= lo, offsets[lo.clamp(max=lengths.numel() - 1)], 0)
-        parts.append(segment_max_cosine(
-            pool_hat, rows_start, split.pool_counts, columns, positions, scale, start, span, block
-        )[0])
-    if not parts:
-        return anchor_cos
-    best = parts[0] if len(parts) == 1 else torch.maximum(parts[0], parts[1])
-    return torch.where(torch.isfinite(best), best, anchor_cos)
+        chunk = first_chunk + torch.arange(n_chunks)
+        lo = (torch.maximum(chunk, torch.tensor(first_window)) - first_window).clamp(max=layout.n_audio_chunks)
+        hi = (chunk + lookback - 1 - first_window).clamp(max=layout.n_audio_chunks - 1)  # inclusive
+        has_rows = (hi >= lo) & (lo < layout.n_audio_chunks)
+        row_start = torch.where(has_rows, pool_start[lo.clamp(max=layout.n_audio_chunks - 1)], 0)
+        row_stop = torch.where(has_rows, pool_end[hi.clamp(min=0)], 0)
+        table = segment_cosine_table(
+            pool_hat, row_start, (row_stop - row_start).clamp(min=0), columns, positions, scale,
+            exclusive_cumsum(lengths), lengths, block,
+        )
+        if table is None:
+            exact_parts.append(None)
+            continue
+        best, column = table[0], table[1]
+        # Row r of window w reads chunk w - K + 1 + o (o = 0..K-1) at its slot in that chunk.
+        local = row_window[:, None] - lookback + 1 + offsets[None, :] - first_chunk  # [p, K]
+        usable = (local >= 0) & (local < n_chunks)
+        local = local.clamp(0, n_chunks - 1)
+        slot = (torch.arange(n_pool)[:, None] - row_start[local]).clamp(0, best.shape[1] - 1)
+        if is_history:
+            from_history |= usable
+        local, slot, usable = local.to(device), slot.to(device), usable.to(device)
+        values = torch.where(usable, best[local, slot], values)
+        winners = torch.where(usable, column[local, slot], winners)
+        exact_parts.append((columns, positions, scale))
+    pick = values.argmax(dim=1, keepdim=True)  # the first maximum: the earlier chunk on ties
+    best_value = values.gather(1, pick).squeeze(1)
+    winner = winners.gather(1, pick).squeeze(1)
+    exact = torch.full_like(best_value, float("-inf"))
+    chose_history = from_history.to(device).gather(1, pick).squeeze(1)
+    for part, is_history in zip(exact_parts, (False, True), strict=True):
+        if part is None:
+            continue
+        columns, positions, scale = part
+        index = winner.clamp(max=positions.numel() - 1)
+        value = rowwise_products(pool_hat, columns, positions[index]) * scale[index]
+        exact = torch.where(chose_history == is_history, value, exact)
+    found = torch.isfinite(best_value)
+    return torch.where(found, exact, anchor_cos)
 
 
 def _span_ratios(
@@ -279,9 +324,12 @@ def _span_ratios(
     span_sizes = torch.where(valid, all_sizes[index], 0.0)  # host: the layout's counts
     apply = (span_sizes > 0).sum(dim=1) > 2
     span_sizes = span_sizes.to(device)
+    # r is snapped to a multiple of 2**-40: the bisection pins λ down to its last bits only,
+    # and that noise must not move a frame's int(P * (1 - r)) across an integer where the
+    # exact solution sits on one (e.g. r = 0.5 with P = 2).
     shifted = shift_rows_to_budget(
         all_base[index.to(device)], span_sizes, rho_video * span_sizes.sum(dim=1),
-        config.min_ratio, config.max_ratio,
+        config.min_ratio, config.max_ratio, grid=2.0**40,
     )[:, -1]
     return torch.where(apply.to(device), shifted, base)
 

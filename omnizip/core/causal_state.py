@@ -95,8 +95,8 @@ def next_history(
     norms: torch.Tensor | None,
     inv_norm: torch.Tensor | None,
     continued: int | None,
-    rho_audio: float,
-    rho_video: float,
+    rho_audio: float | None,
+    rho_video: float | None,
 ) -> CausalHistory:
     """The history after this call's last window: its last ``K - 1`` windows' contributions
     (copied: never views of the caller's tensors) and the running counts."""

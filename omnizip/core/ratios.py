@@ -115,6 +115,7 @@ def shift_rows_to_budget(
     target_discard: torch.Tensor,
     min_ratio: float,
     max_ratio: float,
+    grid: float | None = None,
 ) -> torch.Tensor:
     """:func:`shift_to_budget` for many independent problems at once, one per row.
 
@@ -125,6 +126,8 @@ def shift_rows_to_budget(
 
     Args:
         base, sizes: float64 ``[R, K]``; target_discard: float64 ``[R]``.
+        grid: when given, the shifted ratios are rounded to multiples of ``1 / grid`` (then
+            clamped to the row's bounds again), which removes the bisection's last-bit noise.
     Returns:
         float64 ``[R, K]`` shifted ratios.
     """
@@ -141,7 +144,10 @@ def shift_rows_to_budget(
         too_few = dropped < target_discard
         shift_lo = torch.where(too_few, mid, shift_lo)
         shift_hi = torch.where(too_few, shift_hi, mid)
-    return torch.minimum(torch.maximum(base + shift_hi[:, None], lo), hi)
+    shifted = base + shift_hi[:, None]
+    if grid is not None:
+        shifted = torch.round(shifted * grid) / grid
+    return torch.minimum(torch.maximum(shifted, lo), hi)
 
 
 def frame_discards_exact(

@@ -26,9 +26,21 @@ from ..core import audio_attention_scores, audio_energy_scores, pool_audio_score
 from ..method import CompressionMethod
 from .prefill import PrefillCall
 
-__all__ = ["AudioScoring"]
+__all__ = ["AudioScoring", "stream_windows"]
 
 logger = logging.getLogger("omnizip")
+
+
+def stream_windows(stream_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """int32 ``[n + 1]`` cumulative bounds of windows of ``width`` frames laid along each
+    stream (a stream's last window may be shorter), for ``audio_attention_scores``."""
+    lengths = stream_lengths.to("cpu", torch.int64)
+    full, tail = lengths // width, lengths % width
+    per_stream = full + (tail > 0).to(torch.int64)
+    sizes = torch.full((int(per_stream.sum()),), width, dtype=torch.int64)
+    last = torch.cumsum(per_stream, 0) - 1
+    sizes[last[tail > 0]] = tail[tail > 0]
+    return torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
 
 
 class AudioScoring:
@@ -92,7 +104,7 @@ class AudioScoring:
                 key,
                 scope=mode,
                 stream_lengths=streams,
-                cu_seqlens=cu_seqlens if mode in ("windowed", "causal") else None,
+                cu_seqlens=self._score_windows(cu_seqlens, streams),
                 scale=float(module.scaling),
                 block_elements=method.block_elements,
                 lookback=self._encoder_lookback() if mode == "causal" else None,
@@ -100,6 +112,20 @@ class AudioScoring:
             call.scores.append(pool_audio_scores(frame_scores, streams, pool=self.audio_pool))
         call.score_seconds += time.perf_counter() - started
         return None
+
+    def _score_windows(self, cu_seqlens: Any, streams: torch.Tensor) -> Any:
+        """The spans of ``audio_score="windowed"``: the encoder's own attention windows, or
+        windows of ``method.audio_score_window`` LLM tokens laid along each stream (SEATS);
+        the causal scope's units: the encoder's own windows."""
+        mode = self._score_mode()
+        if mode == "causal":
+            return cu_seqlens
+        if mode != "windowed":
+            return None
+        tokens = self.method.audio_score_window
+        if tokens is None:
+            return cu_seqlens
+        return stream_windows(streams, int(tokens) * self.audio_pool)
 
     def _audio_scores(
         self, call: PrefillCall, embeds: torch.Tensor, is_audio: torch.Tensor

@@ -183,7 +183,7 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         logits = getattr(output, "router_logits", None)
         if caller is None or getattr(output, "aux_loss", None) is None or not logits:
             return None
-        if self.method.in_decoder_layer is not None:
+        if self.method.prunes_in_decoder:
             return None  # pruned inside the decoder: layers saw different tokens, no one mask
         rows, bsz = int(logits[0].shape[0]), int(caller.shape[0])
         if caller.dim() == 2 and rows == caller.numel():
