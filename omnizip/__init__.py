@@ -1,7 +1,9 @@
 """omnizip: training-free audio-guided token compression (OmniZip) for omnimodal LLMs."""
 
+from . import stream  # callable: omnizip.stream(model, processor, config)
 from .config import PRESETS, OmniZipConfig
 from .core import (
+    CausalHistory,
     CompressionResult,
     TokenDecision,
     audio_attention_scores,
@@ -15,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CausalHistory",
     "CompressionResult",
     "OmniZipConfig",
     "OmniZipHandle",
@@ -25,4 +28,5 @@ __all__ = [
     "compress_sequence",
     "patch",
     "pool_audio_scores",
+    "stream",
 ]

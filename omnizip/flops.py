@@ -27,7 +27,8 @@ through the same formula, as :class:`ModelDims` (and :func:`prefill_macs` /
 A run's count: ``layers * (prefill(n) + decode(n, R))`` with ``n`` the prompt tokens the decoder
 sees (text + kept audio + kept video). In-decoder pruning (FastV) at layer ``K``: ``K`` layers
 over the full prompt and ``layers - K`` over the kept tokens, in prefill and in decoding (each
-layer's cache holds what that layer saw).
+layer's cache holds what that layer saw). Methods whose layers see different counts (SEATS's
+progressive drops) are counted layer by layer: ``sum_i layer(n_i)`` (``layer_tokens``).
 """
 
 from __future__ import annotations
@@ -222,17 +223,26 @@ def decode_macs(n: int, generated: int, hidden: int, intermediate: int) -> int:
 
 def run_macs(
     dims: Any, n_tokens: int, *, generated: int = 0, prune_layer: int | None = None,
-    n_after: int | None = None,
+    n_after: int | None = None, layer_tokens: list[int] | None = None,
 ) -> int:
     """Decoder multiply-accumulates of one prompt of ``n_tokens`` and ``generated`` tokens.
 
     ``dims``: anything :func:`decoder_dims` accepts. With ``prune_layer=K`` and ``n_after``: the
-    first ``K`` layers see ``n_tokens``, the others ``n_after`` (FastV).
+    first ``K`` layers see ``n_tokens``, the others ``n_after`` (FastV). With ``layer_tokens``
+    (one count per decoder layer, e.g. ``handle.layer_tokens[row]``): layer ``i`` sees
+    ``layer_tokens[i]`` (SEATS's progressive drops; ``n_tokens`` is then not used).
     """
     dims = decoder_dims(dims)
     for name, value in (("n_tokens", n_tokens), ("generated", generated)):
         _check_int(name, value, 0)
     layers = dims.layers
+    if layer_tokens is not None:
+        counts = list(layer_tokens)
+        if len(counts) != layers:
+            raise ValueError(f"layer_tokens must hold one count per decoder layer ({layers}), got {len(counts)}")
+        for value in counts:
+            _check_int("layer_tokens entries", value, 0)
+        return sum(layer_macs(n, dims, generated) for n in counts)
     if prune_layer is None:
         return layers * layer_macs(n_tokens, dims, generated)
     if isinstance(prune_layer, bool) or not isinstance(prune_layer, int) or not 0 <= prune_layer <= layers:

@@ -9,7 +9,9 @@ the adapter), and either
   (``in_decoder_layer is None``; the adapter prunes positions, masks and side inputs with
   the returned ``keep`` mask, see docs/algorithm.md), or
 - prunes inside the decoder (``in_decoder_layer == K``, FastV) through its own
-  :meth:`CompressionMethod.model_hooks`.
+  :meth:`CompressionMethod.model_hooks`,
+- or both (SEATS: ``decides_before_decoder`` and ``prunes_in_decoder``): the adapter
+  compresses first, then hands the compressed prefill to the method's hooks.
 
 **The extension point.** A method that needs hooks of its own (VisionZip's vision-encoder
 scores, FastV's layer-K pruning) returns a :class:`MethodHooks` from ``model_hooks(ctx)``;
@@ -109,6 +111,24 @@ class CompressionMethod:
         return "global"
 
     @property
+    def causal(self) -> bool:
+        """Decisions for window ``i`` use windows ``<= i`` only (algorithm §9): the adapter
+        then scores audio causally (``"global"`` becomes the ``"causal"`` scope)."""
+        return False
+
+    @property
+    def causal_lookback(self) -> int:
+        """Windows a causal method looks back over (used for the causal audio scores)."""
+        return 8
+
+    @property
+    def audio_score_window(self) -> int | None:
+        """With ``audio_score="windowed"``: LLM audio tokens per scoring window, laid along
+        each audio stream (the adapter converts them to encoder frames); None: the encoder's
+        own attention windows."""
+        return None
+
+    @property
     def needs_video_scores(self) -> bool:
         """The method ranks video tokens by vision-encoder scores (its hooks supply them)."""
         return False
@@ -117,6 +137,17 @@ class CompressionMethod:
     def in_decoder_layer(self) -> int | None:
         """None for pre-decoder methods; K for methods that prune after decoder layer K."""
         return None
+
+    @property
+    def decides_before_decoder(self) -> bool:
+        """The adapter calls :meth:`compress` on every row before the first decoder layer."""
+        return self.in_decoder_layer is None
+
+    @property
+    def prunes_in_decoder(self) -> bool:
+        """The method's hooks prune inside the decoder (``begin_prefill``/``end_prefill``),
+        after the pre-decoder decision when :attr:`decides_before_decoder` too (SEATS)."""
+        return self.in_decoder_layer is not None
 
     @property
     def block_elements(self) -> int:

@@ -61,7 +61,10 @@ class OmniZipHandle:
             ranked by (algorithm §3; None for a row without audio, and for methods that do not rank
             audio by encoder scores, e.g. ``fastv``).
         video_scores: per row, float32 ``[N_v_row]`` the vision-encoder score each video token
-            was ranked by (methods with ``needs_video_scores``, i.e. ``visionzip``; else None).
+            was ranked by (methods with ``needs_video_scores``: ``visionzip``, ``seats``; else None).
+        layer_tokens: for methods that prune inside the decoder (``fastv``, ``seats``), per
+            row the tokens each decoder layer saw (text included); None otherwise (every
+            layer saw the row's kept tokens).
         last_summary: the one-line summary logged at INFO after the last prefill.
         last_overhead_ms: wall time OmniZip added to the last prefill (audio scoring +
             compression), milliseconds.
@@ -76,6 +79,7 @@ class OmniZipHandle:
         self.kept_indices: list[torch.Tensor] | None = None
         self.audio_scores: list[torch.Tensor | None] | None = None
         self.video_scores: list[torch.Tensor | None] | None = None
+        self.layer_tokens: list[list[int]] | None = None
         self.last_summary: str | None = None
         self.last_overhead_ms: float | None = None
         self.adapter = adapter_cls(model, self)
@@ -119,12 +123,14 @@ class OmniZipHandle:
         started: float,
         batch_tokens: tuple[int, int],
         video_scores: list[torch.Tensor | None] | None = None,
+        layer_tokens: list[list[int]] | None = None,
     ) -> None:
         """Store the last prefill's per-row results and log the one-line INFO summary."""
         self.results = results
         self.kept_indices = kept_indices
         self.audio_scores = audio_scores
         self.video_scores = video_scores if video_scores is not None else [None] * len(results)
+        self.layer_tokens = layer_tokens
         self.last_overhead_ms = (time.perf_counter() - started) * 1e3
         if not results:
             self.last_summary = "omnizip: no audio/video tokens in the prompt, nothing compressed"

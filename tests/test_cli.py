@@ -111,6 +111,31 @@ def test_bench_tiny_writes_three_configurations(capsys, tmp_path):
     assert "(c) kept-only 45%" in stdout and "targets 45%" in stdout
 
 
+def test_bench_methods_at_one_flops_ratio(capsys, tmp_path):
+    """--methods with --flops-ratio: each method's retention is solved on its count model and
+    the run measures its FLOPs ratio layer by layer (FastV keeps its first K layers whole)."""
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_cli(
+        capsys, "bench", "--model", "tiny-qwen2.5-omni", "--clip-seconds", "4", "--reps", "1",
+        "--warmup", "0", "--methods", "seats,random,omnizip", "--flops-ratio", "0.4",
+        "--no-progress", "--retry-contended", "0", "-o", str(out),
+    )
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert set(data["configs"]) == {"full", "seats", "random", "omnizip"}
+    full = data["configs"]["full"]
+    for name in ("seats", "random", "omnizip"):
+        cfg, setting = data["configs"][name], data["settings"]["methods"][name]
+        assert cfg["kind"] == "method" and 0 < setting["retention"] <= 1
+        assert abs(setting["predicted_flops_ratio"] - 0.4) < 0.02
+        assert abs(cfg["flops_ratio"] - 0.4) < 0.03, name
+        assert len(cfg["layer_tokens"]) == 2 and cfg["peak_memory_mib"] > 0
+        assert cfg["prefill_ms"]["median"] > 0 and cfg["ttft_ms"]["median"] > 0
+    seats = data["configs"]["seats"]["layer_tokens"]
+    assert seats[0] > seats[1] and seats[0] < full["decoder_tokens"]  # Stage I, then removal
+    assert "FLOPs ratio" in stdout and "seats" in stdout
+
+
 def test_predicted_speedup_formula():
     dims = DecoderDims(hidden=8, layers=2, q_width=8, kv_width=4, mlp_width=16)
     # per layer: n * (2*8*8 + 2*8*4 + 3*8*16) + n (n+1) * 8 (the one decoder cost model)
@@ -167,6 +192,9 @@ BAD_CASES = {
     "ratio not a number": (["run", "--rho-audio", "lots"], "invalid float"),
     "bad budget": (["run", "--budget", "tight"], "invalid choice"),
     "bench clip length": (["bench", "--clip-seconds", "0"], "--clip-seconds"),
+    "bench flops without methods": (["bench", "--flops-ratio", "0.5"], "--flops-ratio needs --methods"),
+    "bench unknown method": (["bench", "--methods", "seats,sets"], "--methods: give distinct names"),
+    "bench flops ratio above 1": (["bench", "--methods", "seats", "--flops-ratio", "1.5"], "--flops-ratio must lie in"),
     "unknown command": (["shrink"], "invalid choice"),
     # issue 11: each of these hung, sampled one frame, or exited 1 ("unexpected error")
     "fps inf": (["run", "--fps", "inf"], "--fps"),

@@ -26,6 +26,7 @@ FIELDS = [
     "budget", "merge_scope", "audio_score", "retention", "token_budget", "retention_split",
     "frame_parity",
     "dynamic_ratios", "merge_anchors", "audio_selection", "seed", "block_elements",
+    "causal", "causal_lookback",
 ]
 # Sized for a shared 2-core CPU: all four properties together run in well under a minute.
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -157,6 +157,19 @@ def test_model_args_errors_are_clear(one_thread):
         _create("pretrained=tiny,method=omnizip,preset=50")
 
 
+def test_model_args_select_seats(one_thread):
+    """The plugin builds SEATS by name, its options from text (the release's "16-18-20")."""
+    from omnizip.methods import SEATSConfig
+
+    lm = _create("pretrained=tiny,method=seats,retention=0.25,drop_layers=1,late_block_layer=2")
+    try:
+        assert isinstance(lm.method_config, SEATSConfig)
+        assert (lm.method_config.retention, lm.method_config.drop_layers) == (0.25, (1,))
+        assert lm.answerer.handle.adapter.effective_method.family == "Qwen2.5-Omni"
+    finally:
+        lm.clean()
+
+
 @needs_media
 def test_generate_until_records_failures_and_clean_releases(clip, one_thread):
     from lmms_eval.api.instance import GenerationResult
@@ -230,6 +243,19 @@ SAMPLES = {
          "answer": "A", "problem_type": "speaker"},
         {"id": "q1", "video": "gone.mp4", "question": "What moves?", "candidates": ["a bar", "a car"],
          "answer": "B", "problem_type": "motion"}]),
+    "omnivideobench": ("omnivideobench", "OMNIZIP_OMNIVIDEOBENCH", "data.json", lambda v: [
+        {"video": v[:-4], "video_type": "Vlog", "duration": "01:30", "questions": [
+            {"question": "Who speaks?", "options": ["A.a man", "B.a cat", "C.nobody"],
+             "correct_option": "A", "answer": "a man", "question_type": "speaker", "audio_type": "Speech"},
+            {"question": "What moves?", "options": ["A.a bar", "B.a car"], "correct_option": "B",
+             "answer": "a car", "question_type": "motion", "audio_type": "Sound"}]}]),
+    "lvomnibench": ("lvomnibench", "OMNIZIP_LVOMNIBENCH", "data.json", lambda v: [
+        {"question_id": "q0", "video_id": v[:-4], "question": "Who speaks?",
+         "options": ["A. a man", "B. a cat", "C. nobody"], "correct_option": "A",
+         "question_type": "speaker", "audio_type": "Speech", "difficulty": "easy"},
+        {"question_id": "q1", "video_id": "gone", "question": "What moves?",
+         "options": ["A. a bar", "B. a car"], "correct_option": "B", "question_type": "motion",
+         "audio_type": "Sound", "difficulty": "hard"}]),
 }
 
 

@@ -79,7 +79,8 @@ LAYOUTS = {
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_classes():
     assert set(METHODS) == {"omnizip", "omnizip-no-dynamic", "omnizip-no-merge",
-                            "omnizip-random-audio", "random", "dycoke", "visionzip", "fastv"}
+                            "omnizip-random-audio", "random", "dycoke", "visionzip", "fastv",
+                            "seats"}
     assert get_method("omnizip") == OmniZipConfig()
     assert get_method("omnizip-no-dynamic").dynamic_ratios is False
     assert get_method("omnizip-no-merge").merge_anchors is False
@@ -108,6 +109,9 @@ def test_coerce_option_parses_field_types():
     assert coerce_option("random", "retention", "none") is None
     assert coerce_option("dycoke", "audio", "no") is False
     assert coerce_option("fastv", "modalities", "video, audio") == ("video", "audio")
+    assert coerce_option("seats", "drop_layers", "16,18,20") == ("16", "18", "20")
+    assert get_method("seats", drop_layers=coerce_option("seats", "drop_layers", "16,18,20"),
+                      late_block_layer=coerce_option("seats", "late_block_layer", "24")).drop_layers == (16, 18, 20)
     assert coerce_option("omnizip", "budget", "exact") == "exact"
     with pytest.raises(ValueError, match=r"option window='x' of method 'dycoke': expected int"):
         coerce_option("dycoke", "window", "x")

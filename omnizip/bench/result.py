@@ -27,7 +27,7 @@ DISCARD_FOREIGN = 0.10
 @dataclass
 class ConfigResult:
     name: str
-    kind: str  # "full" | "omnizip" | "kept"
+    kind: str  # "full" | "omnizip" | "kept" | "method" (a method of omnizip bench --methods)
     preset: str | None
     tokens: int
     kept_audio: int
@@ -41,6 +41,8 @@ class ConfigResult:
     foreign_share: list[float] = field(default_factory=list)  # other processes' CPU use per run
     peak_bytes: int | None = None
     rise_bytes: int | None = None
+    flops_ratio: float | None = None  # decoder prefill FLOPs over the full run's (omnizip.flops)
+    layer_tokens: list[int] | None = None  # tokens each decoder layer saw (patched runs)
 
     def median(self, key: str) -> float | None:
         values = getattr(self, key)
@@ -57,6 +59,10 @@ class ConfigResult:
             values = getattr(self, key)
             if values:
                 d[key] = {"median": statistics.median(values), "runs": values}
+        if self.flops_ratio is not None:
+            d["flops_ratio"] = self.flops_ratio
+        if self.layer_tokens is not None:
+            d["layer_tokens"] = self.layer_tokens
         d["peak_memory_mib"] = None if self.peak_bytes is None else self.peak_bytes / 2**20
         d["peak_rise_mib"] = None if self.rise_bytes is None else self.rise_bytes / 2**20
         return d

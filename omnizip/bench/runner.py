@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..flops import decoder_dims
+from ..flops import decoder_dims, run_macs
 from ..inputs import to_device
 from .machine import cpu_ticks, foreign_share, machine_info
 from .memory import PeakMemory, pin_malloc_thresholds
@@ -27,12 +27,15 @@ def decoder_parameters(model: Any) -> int:
 
 
 class _Benchmark:
-    """The three kinds of run on one prompt, and what they found (kept indices, checks)."""
+    """The kinds of run on one prompt, and what they found (kept indices, checks).
 
-    def __init__(self, model: Any, inputs: Any, presets: tuple[str, ...],
-                 overrides: dict[str, Any] | None, use_audio_in_video: bool, clock: str) -> None:
-        from ..config import OmniZipConfig
+    ``methods``: label -> compression method; a patched configuration per label
+    (``patched[label]`` names it), and with ``kept_limit`` the kept-tokens-only limit of each
+    (``kept-<label>``)."""
 
+    def __init__(self, model: Any, inputs: Any, methods: dict[str, Any], patched: dict[str, str],
+                 use_audio_in_video: bool, clock: str, kept_limit: bool = True,
+                 kind: str = "omnizip") -> None:
         self.model = model
         self.thinker = thinker_of(model)
         param = next(self.thinker.parameters())
@@ -48,9 +51,13 @@ class _Benchmark:
         self.n_video = int((ids == video_id).sum())
         self.length = int(ids.shape[1])
         self.uav = use_audio_in_video and self.n_audio > 0
-        self.methods = {p: OmniZipConfig.preset(p, **(overrides or {})) for p in presets}
+        self.dims = decoder_dims(model)
+        self.methods = methods
+        self.patched = patched
+        self.kind = kind
         self.results: dict[str, ConfigResult] = {
-            "full": ConfigResult("full", "full", None, self.length, self.n_audio, self.n_video)
+            "full": ConfigResult("full", "full", None, self.length, self.n_audio, self.n_video,
+                                 flops_ratio=1.0)
         }
         self.kept_idx: dict[str, torch.Tensor] = {}
         self.checks: dict[str, Any] = {}
@@ -62,8 +69,18 @@ class _Benchmark:
         self.now = CLOCKS[clock]
         self.timer = StageTimer(model, self.device, self.now)
         self.order = ["full"]
-        for p in presets:
-            self.order += [f"omnizip-{p}", f"kept-{p}"]
+        #: configuration name -> (role, label)
+        self.roles: dict[str, tuple[str, str | None]] = {"full": ("full", None)}
+        for label in methods:
+            self.order.append(patched[label])
+            self.roles[patched[label]] = ("patched", label)
+            if kept_limit:
+                self.order.append(f"kept-{label}")
+                self.roles[f"kept-{label}"] = ("kept", label)
+
+    def flops_ratio(self, layer_tokens: list[int]) -> float:
+        """Decoder prefill FLOPs of a run whose layers saw ``layer_tokens``, over the full run's."""
+        return run_macs(self.dims, 0, layer_tokens=layer_tokens) / max(run_macs(self.dims, self.length), 1)
 
     # -- (a) ---------------------------------------------------------------------------------
     def run_full(self) -> tuple[float, float]:
@@ -77,7 +94,8 @@ class _Benchmark:
 
     # -- (b) ---------------------------------------------------------------------------------
     def run_omnizip(self, p: str, record: bool) -> tuple[float, float, float, float]:
-        """(TTFT, prefill incl. scoring and compression, scoring, compression) seconds."""
+        """(TTFT, prefill incl. scoring and compression, scoring, compression) seconds of the
+        patched configuration of label ``p``."""
         from ..patch import patch
 
         handle = patch(self.model, self.methods[p])
@@ -118,15 +136,17 @@ class _Benchmark:
         if kept is None:
             kept = torch.arange(self.length)
         if p in self.kept_idx and not torch.equal(self.kept_idx[p], kept):
-            raise RuntimeError(f"omnizip-{p}: kept tokens differ between runs of the same prompt")
+            raise RuntimeError(f"{self.patched[p]}: kept tokens differ between runs of the same prompt")
         self.kept_idx[p] = kept
-        name = f"omnizip-{p}"
+        name = self.patched[p]
         if record or name not in self.results:
             res = handle.results[0] if handle.results else None
+            layers = handle.layer_tokens[0] if handle.layer_tokens else [int(kept.numel())] * self.dims.layers
             self.results.setdefault(name, ConfigResult(
-                name, "omnizip", p, int(kept.numel()),
+                name, self.kind, p, int(kept.numel()),
                 res.n_audio_kept if res is not None else self.n_audio,
                 res.n_video_kept if res is not None else self.n_video,
+                flops_ratio=self.flops_ratio(list(layers)), layer_tokens=list(layers),
             ))
 
     # -- (c) ---------------------------------------------------------------------------------
@@ -174,20 +194,22 @@ class _Benchmark:
         ticks0 = cpu_ticks() if self.device.type == "cpu" else None
         cpu0, wall0 = time.process_time(), time.perf_counter()
         row: dict[str, float] = {}
-        if name == "full":
+        role, p = self.roles[name]
+        if role == "full":
             row["ttft_ms"], row["prefill_ms"] = self.run_full()
-        elif name.startswith("omnizip-"):
-            ttft, prefill, score, comp = self.run_omnizip(name.split("-", 1)[1], record)
+        elif role == "patched":
+            ttft, prefill, score, comp = self.run_omnizip(p, record)
             row.update(ttft_ms=ttft, prefill_ms=prefill, overhead_ms=score + comp,
                        score_ms=score, compress_ms=comp)
         else:
-            p = name.split("-", 1)[1]
             row["ttft_ms"], row["prefill_ms"], small = self.run_kept(p)
             if isinstance(self.checks.get(p), dict) and "pos" in self.checks[p]:
                 self.verify(p, small)
-            omni = self.results[f"omnizip-{p}"]
+            omni = self.results[self.patched[p]]
+            n_kept = int(self.kept_idx[p].numel())
             self.results.setdefault(name, ConfigResult(
-                name, "kept", p, int(self.kept_idx[p].numel()), omni.kept_audio, omni.kept_video))
+                name, "kept", p, n_kept, omni.kept_audio, omni.kept_video,
+                flops_ratio=self.flops_ratio([n_kept] * self.dims.layers)))
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         foreign = foreign_share(ticks0, cpu_ticks()) if ticks0 else None
@@ -200,12 +222,12 @@ class _Benchmark:
         return row
 
     def memory_runner(self, name: str) -> Any:
-        if name == "full":
+        role, label = self.roles[name]
+        if role == "full":
             return self.run_full
-        preset = name.split("-", 1)[1]
-        if name.startswith("omnizip-"):
-            return lambda: self.run_omnizip(preset, False)
-        return lambda: self.run_kept(preset)
+        if role == "patched":
+            return lambda: self.run_omnizip(label, False)
+        return lambda: self.run_kept(label)
 
 
 def _contended(rows: dict[str, dict[str, float]], clock: str) -> bool:
@@ -231,8 +253,13 @@ def run_benchmark(
     input_info: dict[str, Any] | None = None,
     retry_contended: int = 0,
     clock: str = "wall",
+    methods: dict[str, Any] | None = None,
+    method_settings: dict[str, Any] | None = None,
 ) -> BenchResult:
-    """Measure (a) full, (b) OmniZip per preset and (c) kept-tokens-only per preset.
+    """Measure (a) full, (b) OmniZip per preset and (c) kept-tokens-only per preset; or, with
+    ``methods`` (name -> configuration, see :mod:`omnizip.bench.compare`), (a) and every
+    method patched in (prefill with its own scoring and pruning, TTFT, peak memory, FLOPs
+    ratio), ``method_settings`` recorded with them.
 
     Args:
         model: a Qwen-Omni model (full or thinker) that ``omnizip.patch`` supports.
@@ -251,7 +278,15 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    bench = _Benchmark(model, inputs, presets, config_overrides, use_audio_in_video, clock)
+    from ..config import OmniZipConfig
+
+    if methods is None:
+        chosen = {p: OmniZipConfig.preset(p, **(config_overrides or {})) for p in presets}
+        bench = _Benchmark(model, inputs, chosen, {p: f"omnizip-{p}" for p in presets},
+                           use_audio_in_video, clock)
+    else:
+        bench = _Benchmark(model, inputs, methods, {m: m for m in methods}, use_audio_in_video,
+                           clock, kept_limit=False, kind="method")
     device, order, results = bench.device, bench.order, bench.results
     machine_start = machine_info(device)
     threads = max(1, torch.get_num_threads())
@@ -307,7 +342,10 @@ def run_benchmark(
         machine=dict(machine_start, load_average_1min_at_end=machine_info(device).get("load_average_1min")),
         inputs=dict(input_info or {}, prompt_tokens=bench.length, audio_tokens=bench.n_audio,
                     video_tokens=bench.n_video, text_tokens=bench.length - bench.n_audio - bench.n_video),
-        settings={"reps": reps, "warmup": warmup, "presets": list(presets),
+        settings={"reps": reps, "warmup": warmup,
+                  "presets": list(presets) if methods is None else [],
+                  "methods": {m: dict((method_settings or {}).get(m, {}), config=_as_dict(cfg))
+                              for m, cfg in (methods or {}).items()},
                   "discarded_iterations": discarded, "retry_contended": retry_contended,
                   "clock": clock,
                   "config_overrides": config_overrides or {},
@@ -315,5 +353,13 @@ def run_benchmark(
         configs=[results[n] for n in order],
         memory_method=method,
         checks={p: c for p, c in bench.checks.items() if "pos" not in c},
-        dims=decoder_dims(model),
+        dims=bench.dims,
     )
+
+
+def _as_dict(method: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(method):
+        return {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+    return {"repr": repr(method)}

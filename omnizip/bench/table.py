@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..flops import predicted_speedup
 from .result import BenchResult
 
-__all__ = ["format_table"]
+__all__ = ["format_methods", "format_table"]
 
 
 def _fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
@@ -64,4 +64,31 @@ def format_table(result: BenchResult) -> str:
             f"machine {_fmt(foreign, '.0%')}): these timings, the small synchronising "
             "compression ops most, are unreliable; rerun on an idle machine"
         )
+    return "\n".join(lines)
+
+
+def format_methods(result: BenchResult) -> str:
+    """The table of ``omnizip bench --methods``: every method at its chosen setting."""
+    full = result.get("full")
+    pa, ta = full.median("prefill_ms"), full.median("ttft_ms")
+    header = (f"{'method':<12}{'retention':>10}{'FLOPs ratio':>13}{'predicted':>11}{'tokens/layer':>14}"
+              f"{'prefill ms':>12}{'speedup':>9}{'TTFT ms':>10}{'speedup':>9}{'peak MiB':>10}{'rise MiB':>10}")
+    lines = [header, "-" * len(header)]
+    settings = result.settings.get("methods", {})
+    for c in result.configs:
+        setting = settings.get(c.name, {})
+        pc, tc = c.median("prefill_ms"), c.median("ttft_ms")
+        per_layer = c.layer_tokens or [c.tokens]
+        lines.append(
+            f"{c.name:<12}{_fmt(setting.get('retention'), '.4f'):>10}{_fmt(c.flops_ratio, '.3f'):>13}"
+            f"{_fmt(setting.get('predicted_flops_ratio'), '.3f'):>11}"
+            f"{sum(per_layer) / len(per_layer):>14.1f}{_fmt(pc):>12}"
+            f"{_fmt(pa / pc if pa and pc else None, '.2f', 'x'):>9}{_fmt(tc):>10}"
+            f"{_fmt(ta / tc if ta and tc else None, '.2f', 'x'):>9}"
+            f"{_fmt(None if c.peak_bytes is None else c.peak_bytes / 2**20, '.0f'):>10}"
+            f"{_fmt(None if c.rise_bytes is None else c.rise_bytes / 2**20, '.0f'):>10}"
+        )
+    if result.contended():
+        lines += ["", "WARNING: other processes competed for the CPU during the timed runs; these "
+                  "timings are unreliable, rerun on an idle machine"]
     return "\n".join(lines)

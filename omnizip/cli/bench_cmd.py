@@ -36,6 +36,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--question", "-q", default=DEFAULT_QUESTION)
     p.add_argument("-o", "--output", default="omnizip-bench.json", metavar="FILE",
                    help="JSON results (default: omnizip-bench.json)")
+    p.add_argument("--methods", metavar="M[,M]",
+                   help="compare methods instead of OmniZip presets, e.g. omnizip,seats,fastv,"
+                   "visionzip,dycoke,random: (a) and each method patched in")
+    p.add_argument("--flops-ratio", type=positive_float, metavar="F",
+                   help="with --methods: solve each method's retention so that its decoder "
+                   "prefill FLOPs are F of the full run's (default: each method's defaults)")
     p.add_argument("--g", type=int, metavar="N", help="max tokens merged into each anchor")
     p.add_argument("--budget", choices=["reference", "exact"])
     p.add_argument("--audio-score", choices=["global", "windowed", "energy"])
@@ -65,6 +71,23 @@ def _presets_and_overrides(args: argparse.Namespace) -> tuple[list[str], dict[st
     return presets, overrides
 
 
+def _method_names(args: argparse.Namespace) -> list[str] | None:
+    """``--methods`` checked (known names, no repeats), or None for the preset benchmark."""
+    from ..methods import METHODS
+
+    if args.methods is None:
+        if args.flops_ratio is not None:
+            raise CLIError("--flops-ratio needs --methods (the methods to compare)")
+        return None
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise CLIError(f"--methods: give distinct names of {', '.join(METHODS)}; got {args.methods!r}")
+    if args.flops_ratio is not None and not 0 < args.flops_ratio <= 1:
+        raise CLIError(f"--flops-ratio must lie in (0, 1], got {args.flops_ratio}")
+    return names
+
+
 def _check_settings(args: argparse.Namespace) -> None:
     if args.clip_seconds <= 0:
         raise CLIError(f"--clip-seconds must be positive, got {args.clip_seconds}")
@@ -82,6 +105,7 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 def _print_result(result: Any, loaded: Any, source: str, args: argparse.Namespace, path: Any) -> None:
     from ..bench import describe_machine, format_table
+    from ..bench.table import format_methods
 
     print(f"model    {loaded.description}")
     if loaded.builtin:
@@ -98,10 +122,17 @@ def _print_result(result: Any, loaded: Any, source: str, args: argparse.Namespac
           "compression); TTFT = encoders -> first token")
     print(f"memory   {result.memory_method}")
     print()
-    print(format_table(result))
-    print()
-    print("predicted = F(L)/F(L'), F(n) = layers*[n*(2dq + 2dk + 3dm) + n(n+1)q] (decoder prefill "
-          "MACs: projections, SwiGLU MLP, causal attention; omnizip.flops)")
+    if args.methods:
+        print(format_methods(result))
+        print()
+        print("FLOPs ratio = sum over layers of F(n_i) / (layers * F(L)), F(n) = n*(2dq + 2dk + 3dm) "
+              "+ n(n+1)q, n_i the tokens layer i saw (measured; 'predicted': the count model the "
+              "retention was solved on, omnizip.bench.compare)")
+    else:
+        print(format_table(result))
+        print()
+        print("predicted = F(L)/F(L'), F(n) = layers*[n*(2dq + 2dk + 3dm) + n(n+1)q] (decoder prefill "
+              "MACs: projections, SwiGLU MLP, causal attention; omnizip.flops)")
     print(f"json     {path}")
 
 
@@ -110,6 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..inputs import loop_clip
 
     _check_settings(args)
+    names = _method_names(args)
     presets, overrides = _presets_and_overrides(args)
     output = check_output_file(args.output)
     progress = not args.no_progress
@@ -121,12 +153,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     loaded = load(args, default=SCALED_MODEL)
     inputs, uav = prompt_inputs(loaded.processor, clip, args.question)
     n = int(inputs["input_ids"].shape[1])
+    methods = settings = None
+    if names is not None:
+        from ..bench.compare import solve_methods
+
+        try:
+            methods, settings = solve_methods(loaded.model, inputs, names, args.flops_ratio)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(one_line(exc)) from exc
+    n_configs = 1 + (len(names) if names is not None else 2 * len(presets))
     say(f"bench: {n} prompt tokens; {args.warmup} warm-up + {args.reps} timed runs of "
-        f"{1 + 2 * len(presets)} configurations, then two memory runs each (one measured)",
-        args.quiet)
+        f"{n_configs} configurations, then two memory runs each (one measured)", args.quiet)
     try:
         result = run_benchmark(
             loaded.model, inputs, presets=tuple(presets), config_overrides=overrides,
+            methods=methods, method_settings=settings,
             reps=args.reps, warmup=args.warmup, use_audio_in_video=uav, progress=progress,
             retry_contended=args.retry_contended, clock=args.clock,
             model_info={"name": loaded.name, "description": loaded.description,

@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from .errors import CLIError
+from .eval_vllm import add_engine_options, vllm_answerer
 from .options import add_video_only_option, positive_float
 from .session import load
 
@@ -81,6 +82,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                    "CUDA), float32, bfloat16, float16")
     p.add_argument("--attn-implementation", metavar="NAME",
                    help="sdpa, eager or flash_attention_2 (default: the model's)")
+    add_engine_options(p)
     p.set_defaults(func=run_eval_command)
     return p
 
@@ -141,28 +143,46 @@ def _items(args: argparse.Namespace) -> tuple[str, list[Any], Any, dict[str, Any
     return benchmark, items, method, naming
 
 
+def _hf_answerer(args: argparse.Namespace, method: Any) -> tuple[Any, Any]:
+    """(answer function, the model for FLOPs) of ``--engine hf``."""
+    from ..eval.generation import OmniAnswerer
+
+    if args.tensor_parallel_size != 1 or args.data_parallel_size != 1 or args.vllm_kwargs or args.vllm_python:
+        raise CLIError("--tensor-parallel-size, --data-parallel-size, --vllm-kwargs and "
+                       "--vllm-python apply to --engine vllm")
+    model, processor = load(args)
+    try:
+        return OmniAnswerer(
+            model, processor, method, max_new_tokens=args.max_new_tokens, fps=args.fps,
+            max_frames=args.max_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+            use_audio_in_video=not args.video_only,
+        ), model
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
     """Run ``omnizip eval`` from parsed arguments; returns the exit status."""
-    from ..eval.generation import OmniAnswerer
-    from ..eval.runner import run_eval
+    from pathlib import Path
+
+    from ..eval.runner import run_eval, run_name
     from ..flops import decoder_dims
 
     benchmark, items, method, naming = _items(args)
-    model, processor = load(args)
     uav = not args.video_only
     generation = {
         "max_new_tokens": args.max_new_tokens, "fps": args.fps, "max_frames": args.max_frames,
         "max_pixels": args.max_pixels, "min_pixels": args.min_pixels,
         "use_audio_in_video": uav, "decoding": "greedy",
     }
-    try:
-        answerer = OmniAnswerer(
-            model, processor, method, max_new_tokens=args.max_new_tokens, fps=args.fps,
-            max_frames=args.max_frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-            use_audio_in_video=uav,
-        )
-    except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc)) from exc
+    if args.engine == "vllm":
+        options = dict(naming)
+        naming["engine"] = "vllm"  # its own run folder: the engines do not share a resume
+        generation["engine"] = "vllm"
+        log_dir = Path(args.output) / run_name(benchmark, args.model, args.method, naming)
+        answerer, method, model = vllm_answerer(args, method, options, log_dir)
+    else:
+        answerer, model = _hf_answerer(args, method)
     prune_layer = getattr(method, "in_decoder_layer", None) if method is not None else None
     try:
         dims = decoder_dims(model)
@@ -175,7 +195,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
             method=args.method,
             method_config=dataclasses.asdict(method) if method is not None else None,
             options=naming, generation=generation,
-            extra_config={"data": str(args.data), "video_dir": args.video_dir},
+            extra_config={"data": str(args.data), "video_dir": args.video_dir,
+                          "engine": _engine_facts(args, answerer)},
             dims=dims, prune_layer=prune_layer, limit=args.limit,
             overwrite=args.overwrite, progress=not args.no_progress,
         )
@@ -198,6 +219,14 @@ def run_eval_command(args: argparse.Namespace) -> int:
         print(f"omnizip eval: {m['n_errors']} question(s) failed (see predictions.jsonl 'error'); "
               "rerun to retry them", file=sys.stderr)
     return 0
+
+
+def _engine_facts(args: argparse.Namespace, answerer: Any) -> dict[str, Any]:
+    if args.engine != "vllm":
+        return {"name": "hf"}
+    return {"name": "vllm", "vllm": answerer.vllm_version, "batch_size": args.batch_size,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "data_parallel_size": args.data_parallel_size}
 
 
 def _fmt(value: Any, unit: str = "") -> str:

@@ -72,6 +72,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="how audio tokens are scored (default global)")
     g.add_argument("--retention", type=float, metavar="R",
                    help="overall fraction of audio+video tokens to keep, in (0, 1]")
+    g.add_argument("--causal-lookback", type=int, metavar="K",
+                   help="windows a causal decision looks back over (with --causal; default 8)")
 
 
 def add_video_only_option(p: argparse.ArgumentParser) -> None:
@@ -94,12 +96,14 @@ _FLAGS = {
     "rho_audio": "--rho-audio", "rho_video": "--rho-video", "g": "--g",
     "contextual_ratio": "--contextual-ratio", "budget": "--budget",
     "audio_score": "--audio-score", "retention": "--retention",
+    "causal_lookback": "--causal-lookback",
 }
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """:class:`OmniZipConfig` from ``--preset`` / ``--rho-audio`` / ``--rho-video`` / ...;
-    bad values raise :class:`CLIError` naming the option."""
+def build_config(args: argparse.Namespace, causal: bool = False) -> Any:
+    """:class:`OmniZipConfig` from ``--preset`` / ``--rho-audio`` / ``--rho-video`` / ...
+    (``causal``, or a true ``args.causal``: the causal rules of streams, with
+    ``--causal-lookback``); bad values raise :class:`CLIError` naming the option."""
     from ..config import PRESETS, OmniZipConfig
 
     fields: dict[str, Any] = {}
@@ -113,6 +117,11 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, field, None)
         if value is not None:
             fields[field] = value
+    causal = causal or bool(getattr(args, "causal", False))
+    if "causal_lookback" in fields and not causal:
+        raise CLIError("--causal-lookback applies to causal decisions only (add --causal)")
+    if causal:
+        fields["causal"] = True
     try:
         return OmniZipConfig(**fields)
     except (ValueError, TypeError) as exc:
@@ -132,6 +141,8 @@ def config_summary(config: Any) -> str:
         text += f", audio_score={config.audio_score}"
     if config.retention is not None:
         text += f", retention={config.retention}"
+    if getattr(config, "causal", False):
+        text += f", causal (look-back {config.causal_lookback} windows)"
     return text
 
 

@@ -4,6 +4,7 @@ the compression time and the prefill time."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -15,7 +16,15 @@ from .options import (
     config_summary,
     preset_name,
 )
-from .session import NOISE_NOTE, model_inputs, patch_model, prepare, seconds, token_line
+from .session import (
+    NOISE_NOTE,
+    model_inputs,
+    patch_model,
+    prepare,
+    prepare_causal,
+    seconds,
+    token_line,
+)
 
 __all__ = ["add_parser", "cmd_run"]
 
@@ -32,6 +41,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="untimed prefills before the timed answer (default 1; first calls are slow)")
     p.add_argument("--compare", action="store_true",
                    help="also run the uncompressed model and print the prefill speedup")
+    p.add_argument("--causal", action="store_true",
+                   help="causal OmniZip (decisions per window from the past only) on the clip "
+                   "decoded as `omnizip stream` decodes it: what a stream of it answers at the end")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"text", "tokens", "windows": [...]} on stdout')
     p.set_defaults(func=cmd_run)
 
 
@@ -60,6 +74,15 @@ def _generate(loaded: Any, batch: dict, uav: bool, patched: bool, args: argparse
     return seq[0, n_prompt:], timer, ttft if ttft == ttft else total
 
 
+def _windows(results: list) -> list[dict]:
+    """Per window of the (one-row) prompt: its audio and video tokens before and after."""
+    if not results or not hasattr(results[0], "window_counts"):
+        return []
+    rows = results[0].window_counts().tolist()
+    keys = ("audio", "kept_audio", "video", "kept_video")
+    return [{"index": i, **dict(zip(keys, row, strict=True))} for i, row in enumerate(rows)]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -69,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.warmup < 0:
         raise CLIError(f"--warmup must be >= 0, got {args.warmup}")
-    loaded, clip, inputs, uav, config = prepare(args)
+    loaded, clip, inputs, uav, config = prepare_causal(args) if args.causal else prepare(args)
     batch = model_inputs(inputs, loaded)
     n_prompt = int(batch["input_ids"].shape[1])
 
@@ -86,6 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         handle.remove()
     answer = loaded.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+    if args.json:
+        print(json.dumps({"text": answer, "tokens": new.tolist(), "windows": _windows(results)}))
+        return 0
     decoder_ms = (timer.dec_end - timer.dec_ready) * 1e3 if timer.dec_ready and timer.dec_end else None
 
     print(f"model     {loaded.description}")

@@ -21,6 +21,7 @@ __all__ = [
     "model_inputs",
     "patch_model",
     "prepare",
+    "prepare_causal",
     "prompt_inputs",
     "read",
     "seconds",
@@ -108,6 +109,33 @@ def prepare(args: argparse.Namespace) -> tuple[Loaded, Clip, Any, bool, Any]:
             clip = read(video, fps=args.fps, sampling_rate=rate)
     inputs, uav = prompt_inputs(loaded.processor, clip, args.question)
     return loaded, clip, inputs, uav, config
+
+
+def prepare_causal(args: argparse.Namespace) -> tuple[Loaded, Clip, Any, bool, Any]:
+    """``run --causal``: the offline causal path (docs/streaming.md): the clip decoded as
+    ``omnizip stream`` decodes it (:func:`omnizip.stream.source.read_stream`), its inputs
+    built by :func:`omnizip.stream.offline_inputs` (causal log-mel, one fixed resolution)."""
+    from ..stream import offline_inputs
+    from ..stream.source import read_stream
+
+    if args.video_only:
+        raise CLIError("--causal needs the audio track (the causal rules are audio-guided); "
+                       "drop --video-only")
+    config = build_config(args)
+    video = video_path(args.video)
+    loaded = load(args)
+    rate = int(loaded.processor.feature_extractor.sampling_rate)
+    try:
+        frames, audio = read_stream(str(video), fps=args.fps, sampling_rate=rate)
+        inputs = offline_inputs(loaded.model, loaded.processor, frames, audio, args.question,
+                                fps=args.fps)
+    except MediaError as exc:
+        raise CLIError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{video}: {one_line(exc)}") from exc
+    duration = max(len(frames) / args.fps, audio.size / rate)
+    clip = Clip(Path(str(video)), frames, args.fps, audio, rate, duration)
+    return loaded, clip, inputs, True, config
 
 
 def seconds(value: float) -> str:

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .pipeline import run_pipeline
+from .causal import decide
+from .history import CausalHistory
 from .results import CompressionResult
 from .scores import audio_energy_scores
 from .select import DEFAULT_BLOCK_ELEMENTS
@@ -99,6 +100,14 @@ class OmniZipConfig:
         seed: seed of ``audio_selection="random"``, in [0, 2**63 - 1].
         block_elements: soft cap on the elements of any temporary similarity block; bounds
             peak memory for long inputs (algorithm §6.6). Results do not depend on it.
+        causal: streams (algorithm §9): every decision for window ``i`` is a function of
+            windows ``<= i`` only, so appending windows never changes a decided one, and a
+            stream can be decided window by window with a :class:`~omnizip.core.CausalHistory`
+            (``compress_sequence(..., history=...)``). Not combinable with ``budget="exact"``
+            or ``token_budget`` (both need the whole stream's counts); ``retention`` is resolved
+            from the first window's token mix.
+        causal_lookback: K, the windows a causal decision may look back over (the window
+            itself and the K-1 before it), an int >= 2; 8 windows are 16 s on Qwen2.5-Omni.
     """
 
     name: ClassVar[str] = "omnizip"  # the method registry's name
@@ -122,6 +131,8 @@ class OmniZipConfig:
     audio_selection: str = "score"
     seed: int = 0
     block_elements: int = DEFAULT_BLOCK_ELEMENTS
+    causal: bool = False
+    causal_lookback: int = 8
 
     def __post_init__(self) -> None:
         for name in ("rho_audio", "rho_video", "contextual_ratio", "min_ratio", "max_ratio"):
@@ -135,7 +146,8 @@ class OmniZipConfig:
         _check_int("knn", self.knn, 1)
         _check_int("block_elements", self.block_elements, 1024)
         _check_int("seed", self.seed, 0, MAX_SEED)
-        for name in ("dynamic_ratios", "merge_anchors"):
+        _check_int("causal_lookback", self.causal_lookback, 2)
+        for name in ("dynamic_ratios", "merge_anchors", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name, allowed in (
@@ -158,6 +170,23 @@ class OmniZipConfig:
                 raise ValueError(f"retention must lie in (0, 1], got {self.retention!r}")
         if self.token_budget is not None:
             _check_int("token_budget", self.token_budget, 0)
+        if self.causal:
+            self._check_causal()
+
+    def _check_causal(self) -> None:
+        """Options that need the whole stream's counts have no causal meaning (algorithm §9)."""
+        if self.budget == "exact":
+            raise ValueError(
+                'causal=True cannot be combined with budget="exact": an exact whole-stream '
+                "budget needs the whole stream's token counts before the first window is "
+                'decided; use budget="reference" (the default) with causal=True'
+            )
+        if self.token_budget is not None:
+            raise ValueError(
+                f"causal=True cannot be combined with token_budget={self.token_budget}: an "
+                "absolute budget for the whole stream needs its length in advance; use "
+                "retention (resolved from the first window) or rho_audio / rho_video"
+            )
 
     @classmethod
     def preset(cls, name: str | int, **overrides: Any) -> OmniZipConfig:
@@ -185,18 +214,22 @@ class OmniZipConfig:
         tokens_per_frame,
         audio_scores: torch.Tensor | None = None,
         video_scores: torch.Tensor | None = None,
+        history: CausalHistory | None = None,
     ) -> CompressionResult:
         """:func:`omnizip.compress_sequence` with this configuration (the method protocol).
 
         With ``audio_score="energy"`` and no scores given, the scores are the L2 norms of
         the audio embeddings (algorithm §3). ``video_scores`` is not used by OmniZip.
+        ``history``: a causal stream's state (``causal=True`` only), as for
+        :func:`omnizip.compress_sequence`.
         """
         if audio_scores is None and (self.audio_score == "energy" or self.audio_selection == "random"):
             check_inputs(embeds, input_ids, None, audio_token_id, video_token_id)
             audio_scores = _energy_ranking(embeds.detach()[input_ids == audio_token_id])
-        return run_pipeline(
+        return decide(
             embeds, input_ids, audio_scores, audio_token_id=audio_token_id,
             video_token_id=video_token_id, tokens_per_frame=tokens_per_frame, config=self,
+            history=history,
         )
 
     def replace(self, **changes: Any) -> OmniZipConfig:

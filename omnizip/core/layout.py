@@ -168,6 +168,7 @@ def build_layout(
     video_token_id: int,
     tokens_per_frame,
     frame_parity: str = "chunk",
+    first_stream_offset: int = 0,
 ) -> SequenceLayout:
     """Read the windows and frames of one sequence from its ids (algorithm §1, 4 step 8).
 
@@ -179,6 +180,9 @@ def build_layout(
             see :func:`video_streams`, and an odd frame's previous frame may sit in the
             previous chunk). ``"stream"`` is for layouts with one frame per chunk
             (Qwen3-Omni), where per-chunk parity would never run the temporal step.
+        first_stream_offset: with ``"stream"``, whole frames the first stream already had
+            before this sequence (a causal stream continued from its history, algorithm §9):
+            its frames count on from there. 0 (the default) for a sequence on its own.
     """
     ids = input_ids.detach().to("cpu")
     is_audio = ids == audio_token_id
@@ -201,6 +205,8 @@ def build_layout(
         per_stream.index_add_(0, stream, frames)
         frame_stream = stream[frame_chunk]
         frame_order = torch.arange(frame_chunk.numel()) - exclusive_cumsum(per_stream)[frame_stream]
+        if first_stream_offset:
+            frame_order = frame_order + first_stream_offset * (frame_stream == 0)
     elif frame_parity != "chunk":
         raise ValueError(f'frame_parity must be "chunk" or "stream", got {frame_parity!r}')
     chunk_video_offset = exclusive_cumsum(v_lengths)

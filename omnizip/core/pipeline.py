@@ -79,18 +79,7 @@ def run_pipeline(
         audio_keep = split.salient
     merging = bool(split.anchors.numel() and split.pool.numel() and config.merge_anchors)
 
-    # Row norms once, from views of the embeddings: both normalisations of algorithm §4 (merge and
-    # ISTC) fold them into the similarities instead of writing normalised copies.
-    norms = sequence_row_norms(source, block) if n_video else None
-    if n_video or merging:
-        decision_rows = torch.cat([audio_positions, video_positions])
-        row_norms = (
-            norms[decision_rows] if norms is not None
-            else torch.linalg.vector_norm(source[decision_rows].float(), dim=-1)
-        )
-        source, rescaled = float32_safe(source, decision_rows, row_norms)
-        if rescaled and norms is not None:
-            norms = sequence_row_norms(source, block)
+    source, norms = decision_source(source, audio_positions, video_positions, merging, block)
 
     # --- Audio: merge plan and merge (steps 3-4). ---
     merge_target = torch.full((n_audio,), -1, dtype=torch.int64, device=device)
@@ -100,36 +89,18 @@ def run_pipeline(
         pool_hat = merge_normalise(source[audio_positions[split.pool]].float())
         anchor_hat = merge_normalise(source[anchor_positions].float())
         assignment, anchor_cos = assign_to_anchors(pool_hat, anchor_hat, block)
-        merge_score = _merge_scores(
+        merge_score = merge_scores(
             pool_hat, anchor_cos, split.pool, source, layout, video_positions, norms,
             config.merge_scope, block,
         )
-        plan = plan_merges(assignment, merge_score, split.anchors.numel(), config.g)
-        # Merge in the input's precision (float32 at least) from the caller's rows.
-        merge_dtype = torch.promote_types(embeds.dtype, torch.float32)
-        merged = merge_into_anchors(
-            embeds[anchor_positions].to(merge_dtype),
-            embeds[audio_positions[split.pool[plan.order]]].to(merge_dtype),
-            plan,
-            embeds.dtype,
+        merge_target, merge_weight = apply_merges(
+            embeds, out_embeds, audio_positions, split.anchors, split.pool, assignment,
+            merge_score, config.g,
         )
-        out_embeds[anchor_positions] = merged.to(embeds.dtype)
-        # Per audio token: unchosen entries write to one spare slot past the end (no
-        # boolean indexing, which would synchronise).
-        member_audio = torch.where(plan.chosen, split.pool[plan.order], n_audio)
-        target = torch.full((n_audio + 1,), -1, dtype=torch.int64, device=device)
-        target.scatter_(0, member_audio, split.anchors[plan.group])
-        weight = torch.zeros(n_audio + 1, dtype=torch.float32, device=device)
-        weight.scatter_(0, member_audio, plan.weights)
-        merge_target, merge_weight = target[:n_audio], weight[:n_audio]
 
     # --- Per-window audio retention S_i (step 5). ---
     n_guided = layout.n_guided
-    chunk_of_audio = layout.audio_chunk_of_token.to(device)
-    kept_per_chunk = torch.zeros(layout.n_audio_chunks, dtype=torch.float64, device=device)
-    kept_per_chunk.index_add_(0, chunk_of_audio, audio_keep.to(torch.float64))
-    audio_chunk_sizes = layout.audio_chunk_lengths.to(device, torch.float64)
-    retention = (kept_per_chunk / audio_chunk_sizes)[:n_guided]
+    retention = window_audio_retention(layout, audio_keep)
 
     # --- Video ratios (steps 6-7, or the exact budget of algorithm §7) and ISTC (step 8). ---
     video_keep = torch.ones(n_video, dtype=torch.bool, device=device)
@@ -171,6 +142,79 @@ def run_pipeline(
     )
 
 
+def decision_source(
+    source: torch.Tensor,
+    audio_positions: torch.Tensor,
+    video_positions: torch.Tensor,
+    merging: bool,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows decisions read (:func:`float32_safe`) and their norms ``[L]`` (None
+    without video tokens).
+
+    Row norms once, from views of the embeddings: both normalisations of algorithm §4 (merge
+    and ISTC) fold them into the similarities instead of writing normalised copies.
+    """
+    n_video = video_positions.numel()
+    norms = sequence_row_norms(source, block) if n_video else None
+    if n_video or merging:
+        decision_rows = torch.cat([audio_positions, video_positions])
+        row_norms = (
+            norms[decision_rows] if norms is not None
+            else torch.linalg.vector_norm(source[decision_rows].float(), dim=-1)
+        )
+        source, rescaled = float32_safe(source, decision_rows, row_norms)
+        if rescaled and norms is not None:
+            norms = sequence_row_norms(source, block)
+    return source, norms
+
+
+def apply_merges(
+    embeds: torch.Tensor,
+    out_embeds: torch.Tensor,
+    audio_positions: torch.Tensor,
+    anchors: torch.Tensor,
+    pool: torch.Tensor,
+    assignment: torch.Tensor,
+    merge_score: torch.Tensor,
+    g: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 3-4 once each pool token has its anchor and merge score: writes the merged
+    anchors into ``out_embeds`` (the call's own copy) and returns ``(merge_target,
+    merge_weight)`` per audio token (int64 / float32 ``[N_a]``)."""
+    n_audio = audio_positions.numel()
+    device = out_embeds.device
+    plan = plan_merges(assignment, merge_score, anchors.numel(), g)
+    anchor_positions = audio_positions[anchors]
+    # Merge in the input's precision (float32 at least) from the caller's rows.
+    merge_dtype = torch.promote_types(embeds.dtype, torch.float32)
+    merged = merge_into_anchors(
+        embeds[anchor_positions].to(merge_dtype),
+        embeds[audio_positions[pool[plan.order]]].to(merge_dtype),
+        plan,
+        embeds.dtype,
+    )
+    out_embeds[anchor_positions] = merged.to(embeds.dtype)
+    # Per audio token: unchosen entries write to one spare slot past the end (no
+    # boolean indexing, which would synchronise).
+    member_audio = torch.where(plan.chosen, pool[plan.order], n_audio)
+    target = torch.full((n_audio + 1,), -1, dtype=torch.int64, device=device)
+    target.scatter_(0, member_audio, anchors[plan.group])
+    weight = torch.zeros(n_audio + 1, dtype=torch.float32, device=device)
+    weight.scatter_(0, member_audio, plan.weights)
+    return target[:n_audio], weight[:n_audio]
+
+
+def window_audio_retention(layout: SequenceLayout, audio_keep: torch.Tensor) -> torch.Tensor:
+    """``S_i`` (step 5): kept audio of each guided window's chunk over its size, float64 ``[G]``."""
+    device = audio_keep.device
+    chunk_of_audio = layout.audio_chunk_of_token.to(device)
+    kept_per_chunk = torch.zeros(layout.n_audio_chunks, dtype=torch.float64, device=device)
+    kept_per_chunk.index_add_(0, chunk_of_audio, audio_keep.to(torch.float64))
+    audio_chunk_sizes = layout.audio_chunk_lengths.to(device, torch.float64)
+    return (kept_per_chunk / audio_chunk_sizes)[: layout.n_guided]
+
+
 def _video_ratios(
     layout: SequenceLayout,
     retention: torch.Tensor,
@@ -193,7 +237,7 @@ def _video_ratios(
     return ratios
 
 
-def _merge_scores(
+def merge_scores(
     pool_hat: torch.Tensor,
     anchor_cos: torch.Tensor,
     pool: torch.Tensor,

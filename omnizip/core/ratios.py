@@ -109,6 +109,47 @@ def shift_to_budget(
     return torch.minimum(torch.maximum(base + shift_hi, lo), hi)
 
 
+def shift_rows_to_budget(
+    base: torch.Tensor,
+    sizes: torch.Tensor,
+    target_discard: torch.Tensor,
+    min_ratio: float,
+    max_ratio: float,
+    grid: float | None = None,
+) -> torch.Tensor:
+    """:func:`shift_to_budget` for many independent problems at once, one per row.
+
+    Row ``w`` solves ``sum_i clamp(b_wi + λ_w, lo_w, hi_w) * n_wi = target_w`` for its own
+    shift ``λ_w``, with ``[lo_w, hi_w]`` = ``[r_min, r_max]`` when the row's target is
+    reachable inside it, else ``[0, 1)``. Entries with ``n_wi = 0`` take no part (padding).
+    Used by the causal budget rule (algorithm §9), where each row is one window's span.
+
+    Args:
+        base, sizes: float64 ``[R, K]``; target_discard: float64 ``[R]``.
+        grid: when given, the shifted ratios are rounded to multiples of ``1 / grid`` (then
+            clamped to the row's bounds again), which removes the bisection's last-bit noise.
+    Returns:
+        float64 ``[R, K]`` shifted ratios.
+    """
+    total = sizes.sum(dim=-1)
+    inside = (min_ratio * total <= target_discard) & (target_discard <= max_ratio * total)
+    zero = torch.zeros_like(total)
+    lo = torch.where(inside, zero + min_ratio, zero)[:, None]
+    hi = torch.where(inside, zero + max_ratio, zero + BELOW_ONE)[:, None]
+    shift_lo = torch.full_like(total, -2.0)
+    shift_hi = torch.full_like(total, 2.0)
+    for _ in range(BISECTION_STEPS):  # fixed trip count, independent of the input size
+        mid = 0.5 * (shift_lo + shift_hi)
+        dropped = (torch.minimum(torch.maximum(base + mid[:, None], lo), hi) * sizes).sum(dim=-1)
+        too_few = dropped < target_discard
+        shift_lo = torch.where(too_few, mid, shift_lo)
+        shift_hi = torch.where(too_few, shift_hi, mid)
+    shifted = base + shift_hi[:, None]
+    if grid is not None:
+        shifted = torch.round(shifted * grid) / grid
+    return torch.minimum(torch.maximum(shifted, lo), hi)
+
+
 def frame_discards_exact(
     frame_ratio: torch.Tensor, frame_tokens: torch.Tensor, target_discard: torch.Tensor | float
 ) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -81,7 +82,11 @@ class CompressionResult(TokenDecision):
         video_chunk_ratio: float64 ``[m]`` ratio applied to each video chunk (steps 6-7;
             unguided chunks get rho_video).
         rho_audio, rho_video: the ratios used (differ from the config's with a retention or
-            token budget target).
+            token budget target; with ``causal=True``, resolved at the stream's first window).
+        first_window: the stream index of this sequence's first window (0 unless a causal
+            call continued a history: then the history's window count).
+        history: with ``causal=True``, the :class:`~omnizip.core.CausalHistory` after this
+            call's last window (pass it to the next call); None otherwise.
     """
 
     salient: torch.Tensor
@@ -95,6 +100,28 @@ class CompressionResult(TokenDecision):
     video_chunk_ratio: torch.Tensor
     rho_audio: float
     rho_video: float
+    first_window: int = 0
+    history: Any = None
+
+    def window_counts(self) -> torch.Tensor:
+        """Tokens per window, int64 ``[W, 4]``: audio, kept audio, video, kept video.
+
+        Row ``j`` is window ``first_window + j``: video chunk ``j`` with audio chunk ``j`` of
+        this sequence (algorithm §1); ``W = max(video chunks, audio chunks)``, a window
+        missing one of them counts 0 there. Computed on the result's device (reading it is
+        the caller's one synchronisation).
+        """
+        device = self.keep.device
+        kept_before = torch.cat(
+            [torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(self.keep, 0)]
+        )
+        n_windows = max(self.audio_chunks.shape[0], self.video_chunks.shape[0])
+        out = torch.zeros(n_windows, 4, dtype=torch.int64, device=device)
+        for column, chunks in ((0, self.audio_chunks), (2, self.video_chunks)):
+            starts, lengths = chunks[:, 0], chunks[:, 1]
+            out[: chunks.shape[0], column] = lengths
+            out[: chunks.shape[0], column + 1] = kept_before[starts + lengths] - kept_before[starts]
+        return out
 
     def summary(self) -> str:
         return (

@@ -16,12 +16,15 @@ from .layout import exclusive_cumsum, segment_ids
 from .select import DEFAULT_BLOCK_ELEMENTS, block_rows
 from .similarity import padded_segments
 
-SCORE_SCOPES = ("global", "windowed")
+SCORE_SCOPES = ("global", "windowed", "causal")
 
 # On the CPU a fresh temporary of more than a few MB is mmap-ed and page-faults on every
 # block (glibc hands large frees back to the OS); tiles of 4M elements (16 MB) are reused
 # from the heap and stay near the caches. Other devices use the caller's cap as it is.
 CPU_TILE_ELEMENTS = 1 << 22
+# Causal spans are scored in groups of a fixed number of rows (padded when fewer spans of a
+# length remain); a small number keeps the padding cheap when spans are short.
+CAUSAL_GROUP_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,26 @@ class SegmentGroup:
 @dataclass(frozen=True)
 class ScoreBlockPlan:
     """How ``audio_attention_scores`` cuts its work; ``sink``: int64 flat index tables of all
-    groups (frame index, ``n_frames`` for padding) on the scoring device, moved there once."""
+    groups (frame index, ``n_frames`` for padding) on the scoring device, moved there once;
+    ``target``: the same with ``n_frames`` also where a frame's received attention is not
+    kept (the look-back frames of a causal span), or ``sink`` itself when every frame is."""
 
     groups: tuple[SegmentGroup, ...]
     sink: torch.Tensor
+    target: torch.Tensor | None = None
 
     def group_sink(self, group: SegmentGroup) -> torch.Tensor:
         """int64 ``[rows, width]``: the group's frames, ``n_frames`` marking padding."""
         size = group.rows * group.width
         return self.sink[group.offset : group.offset + size].view(group.rows, group.width)
+
+    def group_target(self, group: SegmentGroup) -> torch.Tensor:
+        """int64 ``[rows, width]``: where each entry's received attention is added
+        (``n_frames``: nowhere)."""
+        if self.target is None:
+            return self.group_sink(group)
+        size = group.rows * group.width
+        return self.target[group.offset : group.offset + size].view(group.rows, group.width)
 
 
 def _even_step(total: int, most: int) -> int:
@@ -74,7 +88,12 @@ def _even_step(total: int, most: int) -> int:
 
 
 def plan_score_blocks(
-    lengths: torch.Tensor, heads: int, block_elements: int, device: torch.device
+    lengths: torch.Tensor,
+    heads: int,
+    block_elements: int,
+    device: torch.device,
+    starts: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> ScoreBlockPlan:
     """Cut the scoring of segments of the given lengths into bounded tiles (host-side only).
 
@@ -86,28 +105,58 @@ def plan_score_blocks(
     Args:
         lengths: int64 ``[n]`` on the CPU, frames per segment, laid end to end.
         heads: attention heads; block_elements: cap on a tile's elements.
+        starts: int64 ``[n]`` CPU, where each segment starts when they are not laid end to
+            end (causal spans overlap); then the frames are ``max(starts + lengths)``.
+        targets: int64 ``[n]`` CPU, the trailing frames of each segment whose received
+            attention is kept (a causal span keeps only its last window's); default all.
     """
-    n_frames = int(lengths.sum())
-    starts = exclusive_cumsum(lengths)
+    if starts is None:
+        n_frames = int(lengths.sum())
+        starts = exclusive_cumsum(lengths)
+    else:
+        n_frames = int((starts + lengths).max()) if lengths.numel() else 0
     keep = lengths > 0
     lengths, starts = lengths[keep], starts[keep]
+    targets = None if targets is None else targets[keep]
     order = torch.argsort(lengths, descending=True, stable=True)
     lengths, starts = lengths[order], starts[order]
+    targets = None if targets is None else targets[order]
     cap = min(block_elements, CPU_TILE_ELEMENTS) if device.type == "cpu" else block_elements
     sizes = lengths.tolist()
-    groups, tables, first, offset = [], [], 0, 0
+    groups, tables, target_tables, first, offset = [], [], [], 0, 0
     while first < len(sizes):
         width = sizes[first]
-        rows = block_rows(len(sizes) - first, heads * width * width, cap)
+        if targets is None:
+            rows = taken = block_rows(len(sizes) - first, heads * width * width, cap)
+        else:
+            # Causal spans: a group holds spans of one length only, and its shape (rows,
+            # tiles) depends on that length alone, so a span's scores are computed the same
+            # way whatever else the call holds (a stream's equal the offline call's bit for
+            # bit). Missing rows are padding.
+            rows = max(1, min(CAUSAL_GROUP_ROWS, cap // (heads * width * width)))
+            taken = min(rows, sizes[first:].count(width))
         query_step = _even_step(width, cap // (rows * width))
         head_step = _even_step(heads, cap // (rows * query_step * width))
-        index, valid = padded_segments(starts[first : first + rows], lengths[first : first + rows], width)
+        index, valid = padded_segments(starts[first : first + taken], lengths[first : first + taken], width)
+        if taken < rows:
+            index = torch.cat([index, index.new_zeros(rows - taken, width)])
+            valid = torch.cat([valid, valid.new_zeros(rows - taken, width)])
         tables.append(torch.where(valid, index, n_frames).flatten())
-        shortest = sizes[first + rows - 1]
+        if targets is None:
+            shortest = sizes[first + rows - 1]
+        else:  # the span's look-back frames give attention but keep none
+            tail = (lengths - targets)[first : first + taken]
+            tail = torch.cat([tail, tail.new_full((rows - taken,), width)])
+            kept = torch.arange(width)[None, :] >= tail[:, None]
+            target_tables.append(torch.where(valid & kept, index, n_frames).flatten())
+            shortest = 0  # always the masked path: the same arithmetic with or without padding
         groups.append(SegmentGroup(offset, rows, width, shortest, heads, head_step, query_step))
-        first, offset = first + rows, offset + rows * width
+        first, offset = first + taken, offset + rows * width
     sink = torch.cat(tables) if tables else torch.zeros(0, dtype=torch.int64)
-    return ScoreBlockPlan(tuple(groups), sink.to(device))
+    if targets is None:
+        return ScoreBlockPlan(tuple(groups), sink.to(device))
+    target = torch.cat(target_tables) if target_tables else sink
+    return ScoreBlockPlan(tuple(groups), sink.to(device), target.to(device))
 
 
 def gather_segments(
@@ -146,6 +195,7 @@ def audio_attention_scores(
     cu_seqlens=None,
     scale: float | None = None,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    lookback: int | None = None,
 ) -> torch.Tensor:
     """Attention received by each audio frame in one encoder layer (algorithm §3).
 
@@ -153,11 +203,19 @@ def audio_attention_scores(
         query, key: ``[T, H, Dh]`` the layer's recomputed query and key projections (after
             its pre-attention LayerNorm), all streams concatenated.
         scope: ``"global"`` (reference): each softmax runs over all frames of the query's
-            stream; ``"windowed"``: over the encoder's own attention window (``cu_seqlens``).
-        stream_lengths: frames per audio stream (default: one stream of ``T`` frames).
-        cu_seqlens: int ``[n_windows + 1]`` window boundaries, required for ``"windowed"``.
+            stream; ``"windowed"``: over the encoder's own attention window (``cu_seqlens``);
+            ``"causal"`` (algorithm §9): a frame of encoder window ``e`` is scored by the
+            attention it receives from all queries of windows ``max(s, e-K+1)..e`` (``s``:
+            its stream's first window, ``K`` = ``lookback``), each softmax over the keys of
+            that span. A function of windows ``<= e`` only: a stream may pass its previous
+            ``K - 1`` windows' q/k with the new windows and keep the new frames' scores.
+        stream_lengths: frames per audio stream (default: one stream of ``T`` frames); with
+            ``"causal"``, spans stop at stream starts (which must be window boundaries).
+        cu_seqlens: int ``[n_windows + 1]`` window boundaries, required for ``"windowed"``
+            and ``"causal"``.
         scale: softmax scale, default ``Dh ** -0.5``.
         block_elements: cap on the elements of one ``[segments, heads, queries, keys]`` block.
+        lookback: ``K``, encoder windows per causal span (int >= 1; ``"causal"`` only).
 
     Returns:
         float32 ``[T]``, the sum over heads and queries of the attention each frame gets.
@@ -173,18 +231,23 @@ def audio_attention_scores(
     if scope not in SCORE_SCOPES:
         raise ValueError(f"scope must be one of {SCORE_SCOPES}, got {scope!r}")
     n_frames, heads, head_dim = query.shape
+    if scope != "causal" and lookback is not None:
+        raise ValueError(f'lookback is for scope="causal" only, got scope={scope!r}')
+    starts = targets = None
     if scope == "global":
         lengths = _lengths("stream_lengths", stream_lengths, n_frames)
     else:
         if cu_seqlens is None:
-            raise ValueError('scope="windowed" needs cu_seqlens, the encoder\'s window boundaries')
+            raise ValueError(f"scope={scope!r} needs cu_seqlens, the encoder's window boundaries")
         bounds = torch.as_tensor(cu_seqlens).detach().to("cpu", torch.int64).flatten()
         if bounds.numel() < 2 or int(bounds[0]) != 0:
             raise ValueError(f"cu_seqlens must start at 0 and hold >= 2 entries, got {bounds.tolist()}")
         lengths = _lengths("cu_seqlens differences", torch.diff(bounds), n_frames)
+        if scope == "causal":
+            starts, lengths, targets = causal_spans(bounds, lengths, stream_lengths, lookback, n_frames)
     scale = head_dim**-0.5 if scale is None else float(scale)
     scores = torch.zeros(n_frames + 1, dtype=torch.float32, device=query.device)  # +1: padding sink
-    plan = plan_score_blocks(lengths, heads, block_elements, query.device)
+    plan = plan_score_blocks(lengths, heads, block_elements, query.device, starts, targets)
     for group in plan.groups:
         sink = plan.group_sink(group)
         queries, keys = gather_segments(query, key, sink, scale)
@@ -192,8 +255,39 @@ def audio_attention_scores(
         received = torch.zeros(sink.shape, dtype=torch.float32, device=query.device)
         for head_rows, query_rows in group.tiles():
             received += _tile_received(queries, keys, valid, group, head_rows, query_rows)
-        scores.scatter_add_(0, sink.flatten(), received.flatten())
+        scores.scatter_add_(0, plan.group_target(group).flatten(), received.flatten())
     return scores[:n_frames]
+
+
+def causal_spans(
+    bounds: torch.Tensor, lengths: torch.Tensor, stream_lengths, lookback, n_frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The causal spans of encoder windows (``scope="causal"``): window ``e``'s span starts at
+    window ``max(s, e - K + 1)`` (``s`` its stream's first window) and ends with ``e``.
+
+    Args:
+        bounds: host int64 ``[n + 1]`` cu_seqlens; lengths: host int64 ``[n]`` window sizes.
+    Returns:
+        (span starts, span lengths, frames of window ``e`` = the kept tail), host int64 ``[n]``.
+    """
+    if isinstance(lookback, bool) or not isinstance(lookback, int) or lookback < 1:
+        raise ValueError(f'scope="causal" needs lookback, an int >= 1 (encoder windows), got {lookback!r}')
+    streams = _lengths("stream_lengths", stream_lengths, n_frames)
+    stream_ends = torch.cumsum(streams, 0)
+    missing = [int(e) for e in stream_ends[:-1] if not bool((bounds == e).any())]
+    if missing:
+        raise ValueError(
+            f"stream_lengths must end streams at window boundaries (cu_seqlens) for "
+            f'scope="causal", but frames {missing} are inside a window'
+        )
+    window = torch.arange(lengths.numel())
+    # Each window's stream (stream ends at or before its start), and that stream's first window.
+    stream_of_window = torch.searchsorted(stream_ends, bounds[:-1], right=True).clamp(max=streams.numel() - 1)
+    stream_starts = stream_ends - streams
+    first = torch.searchsorted(bounds, stream_starts[stream_of_window])
+    span_first = torch.maximum(first, window - lookback + 1)
+    starts = bounds[span_first]
+    return starts, bounds[1:] - starts, lengths
 
 
 def _tile_received(

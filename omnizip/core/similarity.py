@@ -181,35 +181,111 @@ def max_cosine_within_windows(
     Returns:
         float32 ``[N_a]``; ``-inf`` for audio tokens outside the guided windows.
     """
-    device = audio_hat.device
-    n_audio = audio_hat.shape[0]
+    return segment_max_cosine(
+        audio_hat, audio_starts, audio_lengths, source, video_positions, video_scale,
+        video_starts, video_lengths, block_elements,
+    )[0]
+
+
+def segment_max_cosine(
+    rows_hat: torch.Tensor,
+    row_starts: torch.Tensor,
+    row_lengths: torch.Tensor,
+    source: torch.Tensor,
+    column_positions: torch.Tensor,
+    column_scale: torch.Tensor,
+    column_starts: torch.Tensor,
+    column_lengths: torch.Tensor,
+    block_elements: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ``s`` pairs rows ``row_starts[s] + [0, row_lengths[s])`` with columns
+    ``column_starts[s] + [0, column_lengths[s])``: every row's highest
+    ``rows_hat[i] . source[column_positions[j]] * column_scale[j]`` over its segment's columns,
+    and which column gave it (the first on ties).
+
+    Row ranges must not overlap (:func:`segment_cosine_table` gives each segment's values when
+    they do). Segments are processed as padded ``[segments, R_max, C_max]`` blocks, so work is
+    linear in the segments' sizes.
+
+    Args:
+        rows_hat: float32 ``[n, D]`` normalised rows.
+        row_starts, row_lengths, column_starts, column_lengths: int64 ``[S]`` on the host
+            (row ranges index ``rows_hat``, column ranges index ``column_positions``).
+        source: ``[L, D]``; column_positions: int64 ``[N_c]`` rows of ``source`` (device);
+        column_scale: float32 ``[N_c]``.
+    Returns:
+        (float32 ``[n]``, ``-inf`` for rows outside every segment or with no columns;
+        int64 ``[n]`` the winning column index into ``column_positions``, meaningless where
+        the value is ``-inf``).
+    """
+    device = rows_hat.device
+    n_rows = rows_hat.shape[0]
     # One spare slot at the end takes the padding entries, so scatters need no boolean
     # indexing (which would synchronise with the device).
-    out = torch.full((n_audio + 1,), float("-inf"), device=device)
-    n_windows = int(audio_starts.numel())
-    if n_windows == 0:
-        return out[:n_audio]
-    a_width = int(audio_lengths.max())
-    v_width = int(video_lengths.max())
-    a_index, a_valid = padded_segments(audio_starts, audio_lengths, a_width)
-    v_index, v_valid = padded_segments(video_starts, video_lengths, v_width)
-    a_target = torch.where(a_valid, a_index, n_audio).to(device)
-    a_index = a_index.to(device)
-    v_index, v_valid = v_index.to(device), v_valid.to(device)
-    per_window = a_width * v_width + (a_width + v_width) * audio_hat.shape[1]
-    windows = block_rows(n_windows, per_window, block_elements)
-    gather = RowGatherer(source, windows * v_width)
-    winner = torch.zeros(n_audio + 1, dtype=torch.int64, device=device)  # video token index
-    for start in range(0, n_windows, windows):
-        sl = slice(start, start + windows)
-        video = gather(video_positions[v_index[sl]])  # [w, V_max, D]
-        sims = torch.bmm(audio_hat[a_index[sl]], video.transpose(1, 2))
-        sims.mul_(video_scale[v_index[sl]].unsqueeze(1))
-        sims.masked_fill_(~v_valid[sl].unsqueeze(1), float("-inf"))
-        best, column = sims.max(dim=2)  # [w, A_max]; first maximum on ties
-        out.scatter_(0, a_target[sl].flatten(), best.flatten())
-        winner.scatter_(0, a_target[sl].flatten(), torch.gather(v_index[sl], 1, column).flatten())
+    out = torch.full((n_rows + 1,), float("-inf"), device=device)
+    winner = torch.zeros(n_rows + 1, dtype=torch.int64, device=device)  # column index
+    table = segment_cosine_table(
+        rows_hat, row_starts, row_lengths, source, column_positions, column_scale,
+        column_starts, column_lengths, block_elements,
+    )
+    if table is None:
+        return out[:n_rows], winner[:n_rows]
+    best, column, row_index, row_valid = table
+    target = torch.where(row_valid, row_index, n_rows).flatten()
+    out.scatter_(0, target, best.flatten())
+    winner.scatter_(0, target, column.flatten())
     # The winners' cosines once more, independent of the window blocking (rowwise_products).
-    exact = rowwise_products(audio_hat, source, video_positions[winner[:n_audio]])
-    found = torch.isfinite(out[:n_audio])
-    return torch.where(found, exact * video_scale[winner[:n_audio]], out[:n_audio])
+    winner = winner[:n_rows]
+    exact = rowwise_products(rows_hat, source, column_positions[winner])
+    found = torch.isfinite(out[:n_rows])
+    return torch.where(found, exact * column_scale[winner], out[:n_rows]), winner
+
+
+def segment_cosine_table(
+    rows_hat: torch.Tensor,
+    row_starts: torch.Tensor,
+    row_lengths: torch.Tensor,
+    source: torch.Tensor,
+    column_positions: torch.Tensor,
+    column_scale: torch.Tensor,
+    column_starts: torch.Tensor,
+    column_lengths: torch.Tensor,
+    block_elements: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`segment_max_cosine` per segment, before rows are gathered: row ranges may
+    overlap (a row then has one entry per segment it is in).
+
+    Returns:
+        None when there is nothing to compare, else device tensors ``[S, R_max]``: the best
+        value of each (segment, row slot) (``-inf`` on padding or without columns), its column
+        index into ``column_positions`` (the first on ties), the row index and whether the
+        slot is a row.
+    """
+    device = rows_hat.device
+    n_rows = rows_hat.shape[0]
+    n_segments = int(row_starts.numel())
+    if n_segments == 0 or int(column_lengths.max()) == 0 or int(row_lengths.max()) == 0:
+        return None
+    a_width = int(row_lengths.max())
+    v_width = int(column_lengths.max())
+    a_index, a_valid = padded_segments(row_starts, row_lengths, a_width)
+    v_index, v_valid = padded_segments(column_starts, column_lengths, v_width)
+    # An empty segment at the very end pads with its start, one past the last row/column.
+    a_index = a_index.clamp(max=n_rows - 1).to(device)
+    a_valid = a_valid.to(device)
+    v_index = v_index.clamp(max=column_positions.numel() - 1).to(device)
+    v_valid = v_valid.to(device)
+    best = torch.empty(n_segments, a_width, device=device)
+    column = torch.empty(n_segments, a_width, dtype=torch.int64, device=device)
+    per_window = a_width * v_width + (a_width + v_width) * rows_hat.shape[1]
+    windows = block_rows(n_segments, per_window, block_elements)
+    gather = RowGatherer(source, windows * v_width)
+    for start in range(0, n_segments, windows):
+        sl = slice(start, start + windows)
+        video = gather(column_positions[v_index[sl]])  # [w, V_max, D]
+        sims = torch.bmm(rows_hat[a_index[sl]], video.transpose(1, 2))
+        sims.mul_(column_scale[v_index[sl]].unsqueeze(1))
+        sims.masked_fill_(~v_valid[sl].unsqueeze(1), float("-inf"))
+        values, at = sims.max(dim=2)  # [w, A_max]; first maximum on ties
+        best[sl], column[sl] = values, torch.gather(v_index[sl], 1, at)
+    return best, column, a_index, a_valid

@@ -46,12 +46,16 @@ def make_test_clip(
     height: int = 120,
     fps: int = 10,
     with_audio: bool = True,
+    texture: bool = False,
 ) -> Path:
     """Write an MP4 (H.264 + AAC, 16 kHz mono) of ``seconds`` length.
 
     Video: ffmpeg's moving ``testsrc2`` pattern at ``width`` x ``height``, ``fps``. Audio:
     ``speech`` spoken by espeak-ng, then silence up to ``seconds`` (the speech is cut if longer),
     so the audio-guided compression sees dense audio first and silence later.
+    ``texture=True`` adds per-frame noise to the picture: the plain pattern's flat areas give
+    patches whose spatial scores tie exactly, and two implementations whose vision encoders
+    agree only to ~1e-6 (Hugging Face and vLLM) may break such ties differently.
 
     Raises:
         RuntimeError: when ffmpeg or espeak-ng is missing or fails.
@@ -72,6 +76,8 @@ def make_test_clip(
             # pad with silence to the clip length (apad), then cut exactly at `seconds`
             cmd += ["-i", speech_wav, "-filter:a", f"apad=whole_dur={seconds}", "-ar", "16000",
                     "-ac", "1", "-c:a", "aac"]
+        if texture:
+            cmd += ["-vf", "noise=alls=40:allf=t"]
         cmd += ["-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
                 str(out)]
         _run(cmd)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LETTERS", "Where", "default_folder", "list_field", "normalise_answer", "option_lines",
-           "options_and_answer", "read_records", "text_field", "video_path"]
+__all__ = ["LETTERS", "Item", "Where", "dedupe", "default_folder", "find_relative", "list_field",
+           "normalise_answer", "option_lines", "options_and_answer", "read_records", "record_list",
+           "text_field", "video_path"]
 
 LETTERS = "ABCDEFGHIJ"
 _PREFIX = re.compile(r"^\s*\(?([A-Ja-j])\s*[\).:：、]\s*")
@@ -160,3 +162,68 @@ def default_folder(path: Path, names: tuple[str, ...]) -> Path:
         if candidate.is_dir():
             return candidate
     return path.parent / names[0]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question.
+
+    Attributes:
+        id: unique, stable id (resume keys on it).
+        video: path of the video file (absolute, or as given when no folder is known).
+        question: the question text.
+        options: displayed option lines, ``"A. text"``, in letter order.
+        answer: the correct letter.
+        category: the benchmark's task type (accuracy is reported per category).
+        fields: other annotation fields worth a breakdown (domain, duration, ...).
+    """
+
+    id: str
+    video: str
+    question: str
+    options: tuple[str, ...]
+    answer: str
+    category: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def letters(self) -> str:
+        return LETTERS[: len(self.options)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "video": self.video, "question": self.question,
+            "options": list(self.options), "answer": self.answer, "category": self.category,
+            "fields": dict(self.fields),
+        }
+
+
+def dedupe(items: list[Item], path: Path) -> list[Item]:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.id in seen:
+            raise ValueError(f"{path}: item {i}: field 'id' duplicates item {seen[item.id]} ({item.id!r})")
+        seen[item.id] = i
+    return items
+
+
+def record_list(path: Path) -> list:
+    """The annotation file's records, which must be a list (a clear error otherwise)."""
+    data = read_records(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
+    return data
+
+
+def find_relative(rel: str, video_dir: Path | None, annotations: Path) -> str:
+    """A media path given relative to a dataset root: under ``video_dir`` when given (also by
+    its file name alone), else under the annotation file's folder or the one above it (the
+    first that exists; the first candidate when none does, reported per item later)."""
+    bases = [video_dir] if video_dir is not None else [annotations.parent, annotations.parent.parent]
+    candidates = [base / rel for base in bases]
+    if video_dir is not None:
+        candidates.append(video_dir / Path(rel).name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    return str(candidates[0])

@@ -45,6 +45,8 @@ letters), ``answer`` (letter), ``task_type`` (category).
 ``Answer`` (letter), ``video_id``, ``Type`` (the category), ``video_category``,
 ``video_duration`` (``30s``/``60s``). Item id: ``<video_id>-<index>`` (the file has none).
 
+**OmniVideoBench** and **LVOmniBench**: :mod:`omnizip.eval.omni_benchmarks`.
+
 Answers are normalised to one capital letter (``"b"``, ``"(B)"``, ``"B. cat"`` -> ``B``) that
 must name one of the options. Options are kept as displayed lines ``"A. text"`` (a letter
 prefix is added when the file has bare option texts).
@@ -54,89 +56,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .annotations import (
     LETTERS,
+    Item,
     Where,
+    dedupe,
     default_folder,
+    find_relative,
     list_field,
     normalise_answer,
     option_lines,
     options_and_answer,
     read_records,
+    record_list,
     text_field,
     video_path,
 )
+from .omni_benchmarks import load_lvomnibench, load_omnivideobench
 
 __all__ = ["BENCHMARKS", "Item", "load_benchmark", "normalise_answer", "option_lines"]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One multiple-choice question.
-
-    Attributes:
-        id: unique, stable id (resume keys on it).
-        video: path of the video file (absolute, or as given when no folder is known).
-        question: the question text.
-        options: displayed option lines, ``"A. text"``, in letter order.
-        answer: the correct letter.
-        category: the benchmark's task type (accuracy is reported per category).
-        fields: other annotation fields worth a breakdown (domain, duration, ...).
-    """
-
-    id: str
-    video: str
-    question: str
-    options: tuple[str, ...]
-    answer: str
-    category: str = ""
-    fields: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def letters(self) -> str:
-        return LETTERS[: len(self.options)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "video": self.video, "question": self.question,
-            "options": list(self.options), "answer": self.answer, "category": self.category,
-            "fields": dict(self.fields),
-        }
-
-
-def _dedupe(items: list[Item], path: Path) -> list[Item]:
-    seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if item.id in seen:
-            raise ValueError(f"{path}: item {i}: field 'id' duplicates item {seen[item.id]} ({item.id!r})")
-        seen[item.id] = i
-    return items
-
-
-def _record_list(path: Path) -> list:
-    """The annotation file's records, which must be a list (a clear error otherwise)."""
-    data = read_records(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records, got {type(data).__name__}")
-    return data
-
-
-def _find_relative(rel: str, video_dir: Path | None, annotations: Path) -> str:
-    """A media path given relative to a dataset root: under ``video_dir`` when given (also by
-    its file name alone), else under the annotation file's folder or the one above it (the
-    first that exists; the first candidate when none does, reported per item later)."""
-    bases = [video_dir] if video_dir is not None else [annotations.parent, annotations.parent.parent]
-    candidates = [base / rel for base in bases]
-    if video_dir is not None:
-        candidates.append(video_dir / Path(rel).name)
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    return str(candidates[0])
 
 
 # --------------------------------------------------------------------------------- benchmarks
@@ -178,7 +118,7 @@ def load_worldsense(path: str | os.PathLike, video_dir: str | os.PathLike | None
             where = Where(path, i)
             rel = text_field(where, record, "video_path", required=False)
             if rel:  # lmms-lab's copy: a path relative to the dataset root
-                video = _find_relative(rel, Path(video_dir) if video_dir is not None else None, path)
+                video = find_relative(rel, Path(video_dir) if video_dir is not None else None, path)
             else:
                 video = video_path(folder, text_field(where, record, "video", required=False) or (
                     text_field(where, record, "video_id") + ".mp4"
@@ -205,13 +145,13 @@ def load_worldsense(path: str | os.PathLike, video_dir: str | os.PathLike | None
             ))
     else:
         raise ValueError(f"{path}: expected a JSON object keyed by video (or a list), got {type(data).__name__}")
-    return _dedupe(items, path)
+    return dedupe(items, path)
 
 
 def load_videomme(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """Video-MME (see the module docstring for the fields)."""
     path = Path(path)
-    data = _record_list(path)
+    data = record_list(path)
     if video_dir is not None:
         folder = Path(video_dir)
     else:
@@ -241,13 +181,13 @@ def load_videomme(path: str | os.PathLike, video_dir: str | os.PathLike | None =
             fields={k: text_field(where, record, k, required=False)
                     for k in ("duration", "domain", "sub_category")},
         ))
-    return _dedupe(items, path)
+    return dedupe(items, path)
 
 
 def load_avut(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """AVUT (see the module docstring for the fields)."""
     path = Path(path)
-    data = _record_list(path)
+    data = record_list(path)
     folder = Path(video_dir) if video_dir is not None else path.parent
     items = []
     for i, record in enumerate(data):
@@ -281,13 +221,13 @@ def load_avut(path: str | os.PathLike, video_dir: str | os.PathLike | None = Non
             answer=answer,
             category=text_field(where, record, "task_type", required=False),
         ))
-    return _dedupe(items, path)
+    return dedupe(items, path)
 
 
 def load_shortvid(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """ShortVid-Bench (see the module docstring for the fields)."""
     path = Path(path)
-    data = _record_list(path)
+    data = record_list(path)
     folder = Path(video_dir) if video_dir is not None else default_folder(path, ("videos", "video"))
     items = []
     for i, record in enumerate(data):
@@ -310,13 +250,13 @@ def load_shortvid(path: str | os.PathLike, video_dir: str | os.PathLike | None =
             category=text_field(where, record, "problem_type", required=False),
             fields={"data_type": text_field(where, record, "data_type", required=False)},
         ))
-    return _dedupe(items, path)
+    return dedupe(items, path)
 
 
 def load_dailyomni(path: str | os.PathLike, video_dir: str | os.PathLike | None = None) -> list[Item]:
     """Daily-Omni (see the module docstring for the fields)."""
     path = Path(path)
-    data = _record_list(path)
+    data = record_list(path)
     folder = Path(video_dir) if video_dir is not None else default_folder(path, ("Videos", "videos"))
     items = []
     for i, record in enumerate(data):
@@ -336,7 +276,7 @@ def load_dailyomni(path: str | os.PathLike, video_dir: str | os.PathLike | None 
             fields={k: text_field(where, record, k, required=False)
                     for k in ("video_category", "video_duration")},
         ))
-    return _dedupe(items, path)
+    return dedupe(items, path)
 
 
 #: benchmark name -> loader(path, video_dir=None) -> list[Item]
@@ -346,12 +286,16 @@ BENCHMARKS: dict[str, Callable[..., list[Item]]] = {
     "avut": load_avut,
     "shortvid": load_shortvid,
     "dailyomni": load_dailyomni,
+    "omnivideobench": load_omnivideobench,
+    "lvomnibench": load_lvomnibench,
 }
 
 _ALIASES = {
     "video-mme": "videomme", "video_mme": "videomme", "shortvid-bench": "shortvid",
     "shortvid_bench": "shortvid", "shortvidbench": "shortvid", "world-sense": "worldsense",
     "daily-omni": "dailyomni", "daily_omni": "dailyomni",
+    "omni-video-bench": "omnivideobench", "omnivideo": "omnivideobench",
+    "lv-omni-bench": "lvomnibench", "lvomni": "lvomnibench",
 }
 
 

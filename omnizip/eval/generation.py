@@ -1,10 +1,9 @@
 """Answering benchmark items with a (patched) Qwen-Omni model: inputs, greedy decoding, stats.
 
 :class:`OmniAnswerer` is the ``answer_fn`` the runner uses with a real model (and what the
-lmms-eval plugin calls): it reads the video and its audio track with
-:func:`omnizip.inputs.read_clip`, builds the chat prompt of :mod:`omnizip.eval.prompt` into
-processor inputs with :func:`omnizip.inputs.conversation_inputs`, runs the thinker's
-``generate`` greedily and reports what the decoder saw. Models load with
+lmms-eval plugin calls): it reads the video and its audio track and builds the chat prompt of
+:mod:`omnizip.eval.prompt` into processor inputs (:mod:`omnizip.eval.conversation`), runs the
+thinker's ``generate`` greedily and reports what the decoder saw. Models load with
 :func:`omnizip.loading.load_model` (re-exported here as ``load_model``):
 
 =====================  ======================================================================
@@ -15,6 +14,8 @@ stat                   meaning
 ``n_audio/n_video``    audio / video placeholder tokens of the prompt
 ``kept_audio/video``   of those, kept (from the patch's per-row decisions; all without one)
 ``generated_tokens``   tokens generated
+``generated_ids``      their token ids (compared across engines)
+``layer_tokens``       tokens each decoder layer saw (methods that prune inside the decoder)
 ``prefill_ms``         wall time of the decoder's prefill forward (after compression)
 ``ttft_ms``            wall time from ``generate`` to the end of that forward (encoders,
                        scores and compression included)
@@ -27,13 +28,13 @@ Times synchronise CUDA before they are read, so they are real on a GPU.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..inputs import conversation_inputs, read_clip, to_device
+from ..inputs import to_device
 from ..loading import load_model  # the one loader; `model, processor = load_model(...)` unpacks
+from .conversation import ConversationInputs
 from .datasets import Item
 from .prompt import SYSTEM_PROMPT, build_conversation
 
@@ -54,7 +55,7 @@ def _decoder(model: Any) -> Any:
     return getattr(inner, "language_model", inner)
 
 
-class OmniAnswerer:
+class OmniAnswerer(ConversationInputs):
     """``answer_fn(item) -> (text, stats)`` backed by a model and its processor.
 
     Args:
@@ -63,13 +64,8 @@ class OmniAnswerer:
         method: a compression method configuration, or None for the full model. The model is
             patched with ``omnizip.patch(model, method)``; call :meth:`close` to remove it.
         max_new_tokens: greedy decoding length (the answer is one letter; 16 leaves room).
-        fps: frames per second sampled from the video (the Qwen-Omni default is 2).
-        max_frames: cap on sampled frames (uniform over the clip beyond it); None: no cap.
-        min_pixels, max_pixels: per-frame pixel bounds handed to the video processor (the
-            OmniZip paper used ``max_pixels = 128 * 28 * 28``); None: the processor's default.
-        use_audio_in_video: interleave the video's audio track (when it has one), as the paper;
-            False: the track follows the video as its own audio block.
-        system_prompt: the system turn (:data:`~omnizip.eval.prompt.SYSTEM_PROMPT`).
+        fps, max_frames, min_pixels, max_pixels, use_audio_in_video, system_prompt: the inputs
+            (:class:`~omnizip.eval.conversation.ConversationInputs`).
     """
 
     def __init__(
@@ -86,16 +82,12 @@ class OmniAnswerer:
         use_audio_in_video: bool = True,
         system_prompt: str | None = SYSTEM_PROMPT,
     ) -> None:
+        super().__init__(processor, fps=fps, max_frames=max_frames, min_pixels=min_pixels,
+                         max_pixels=max_pixels, use_audio_in_video=use_audio_in_video,
+                         system_prompt=system_prompt)
         self.model = model
-        self.processor = processor
         self.method = method
         self.max_new_tokens = max_new_tokens
-        self.fps = fps
-        self.max_frames = max_frames
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
-        self.use_audio_in_video = use_audio_in_video
-        self.system_prompt = system_prompt
         self.handle = None
         if method is not None:
             from ..patch import patch
@@ -116,55 +108,6 @@ class OmniAnswerer:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-
-    # -- inputs --------------------------------------------------------------------------------
-    def _media(self, path: str) -> tuple[Any, Any]:
-        """Frames (an even number: temporal patch 2, as qwen-omni-utils) and the audio track
-        (None without one)."""
-        clip = read_clip(
-            path, fps=self.fps, sampling_rate=self.processor.feature_extractor.sampling_rate,
-            audio="optional", max_frames=self.max_frames,
-        )
-        frames = clip.frames
-        if len(frames) % 2:
-            frames = frames[: len(frames) - 1] if len(frames) > 1 else frames.repeat(2, axis=0)
-        return frames, clip.audio
-
-    def _pixel_bounds(self) -> dict[str, int]:
-        """``{"shortest_edge": min, "longest_edge": max}`` pixels per frame: the bounds given,
-        the processor's own for the other one (the video processor needs both)."""
-        current: Any = (getattr(self.processor, "videos_kwargs", None) or {}).get("size")
-        if current is None:
-            current = getattr(getattr(self.processor, "video_processor", None), "size", None)
-
-        def read(key: str, default: int) -> int:
-            value = current.get(key) if isinstance(current, dict) else getattr(current, key, None)
-            return int(value) if value else default
-
-        low = int(self.min_pixels) if self.min_pixels is not None else read("shortest_edge", 128 * 28 * 28)
-        high = int(self.max_pixels) if self.max_pixels is not None else read("longest_edge", 768 * 28 * 28)
-        return {"shortest_edge": min(low, high), "longest_edge": high}
-
-    def inputs(self, conversation: list[dict[str, Any]]) -> tuple[Any, bool]:
-        """Processor inputs for a conversation whose user turn holds one video file, and
-        whether its audio track is interleaved with it (``use_audio_in_video``)."""
-        messages = []
-        for msg in conversation:
-            content = msg.get("content")
-            if isinstance(content, list):
-                parts = []
-                for part in content:
-                    if part.get("type") == "video" and isinstance(part.get("video"), (str, Path)):
-                        frames, audio = self._media(str(part["video"]))
-                        part = {"type": "video", "video": frames, "audio": audio}
-                    parts.append(part)
-                msg = {**msg, "content": parts}
-            messages.append(msg)
-        extra = None
-        if self.min_pixels is not None or self.max_pixels is not None:
-            extra = {"size": self._pixel_bounds()}
-        return conversation_inputs(self.processor, [messages], use_audio_in_video=self.use_audio_in_video,
-                                   fps=self.fps, videos_kwargs=extra)
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, conversation: list[dict[str, Any]], max_new_tokens: int | None = None) -> tuple[str, dict]:
@@ -210,10 +153,13 @@ class OmniAnswerer:
         n_video = int((ids == self.video_token_id).sum())
         kept_audio, kept_video = n_audio, n_video
         overhead = None
+        layer_tokens = None
         if self.handle is not None and self.handle.results:
             kept_audio = sum(r.n_audio_kept for r in self.handle.results)
             kept_video = sum(r.n_video_kept for r in self.handle.results)
             overhead = self.handle.last_overhead_ms
+            if self.handle.layer_tokens:
+                layer_tokens = [sum(c) for c in zip(*self.handle.layer_tokens, strict=True)]
         stats = {
             "prompt_tokens": int(ids.numel()),
             "n_text": int(ids.numel()) - n_audio - n_video,
@@ -222,12 +168,15 @@ class OmniAnswerer:
             "kept_audio": kept_audio,
             "kept_video": kept_video,
             "generated_tokens": int(new.numel()),
+            "generated_ids": [int(t) for t in new.tolist()],
         }
         if "prefill_end" in timing:
             stats["prefill_ms"] = (timing["prefill_end"] - timing["prefill_start"]) * 1e3
             stats["ttft_ms"] = (timing["prefill_end"] - start) * 1e3
         if overhead is not None:
             stats["overhead_ms"] = overhead
+        if layer_tokens is not None:
+            stats["layer_tokens"] = layer_tokens
         return text, stats
 
     def __call__(self, item: Item) -> tuple[str, dict]:

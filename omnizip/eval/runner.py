@@ -17,14 +17,16 @@ line of an id wins. A half-written last line (the run was killed mid-write) is d
 ``predictions.jsonl`` lines: ``id``, ``category``, ``fields``, ``answer`` (gold letter),
 ``prediction`` (extracted letter or null), ``correct``, ``response`` (decoded text),
 ``error`` (null or the message), ``stats`` (the answer function's stats plus ``flops_ratio``,
-``macs_full`` and ``macs_kept`` when the model's dimensions are known).
+``macs_full`` and ``macs_kept`` when the model's dimensions are known; methods whose decoder
+layers see different token counts report them as ``layer_tokens`` and are counted per layer).
 
 ``metrics.json``: ``accuracy`` (correct / answered, failures count as wrong), ``correct``,
 ``answered``, ``n_items``, ``n_errors``, ``complete``, ``per_category`` and ``per_field``
 (``{name: {value: {accuracy, correct, total}}}``), ``tokens`` (means per item of the prompt,
 audio and video tokens before/after and the multimodal ``retention`` = kept / total over all
 items), ``flops_ratio`` (mean per item) and ``flops_ratio_aggregate`` (summed FLOPs ratio),
-``prefill_ms`` / ``ttft_ms`` / ``overhead_ms`` (mean and median).
+``prefill_ms`` / ``ttft_ms`` / ``overhead_ms`` (mean and median), ``throughput`` (items answered
+by the last invocation, its wall time and items/s).
 """
 
 from __future__ import annotations
@@ -167,6 +169,24 @@ def compute_metrics(items: list[Item], records: dict[str, dict]) -> dict[str, An
     }
 
 
+def _answers(answer_fn: AnswerFn, todo: list[Item]) -> Iterable[tuple[Item, str, dict, str | None]]:
+    """``(item, response, stats, error)`` per item: from ``answer_fn.answer_batch(items)`` when
+    the answer function batches (an engine, in any order), else one call per item."""
+    batch = getattr(answer_fn, "answer_batch", None)
+    if batch is not None:
+        yield from batch(todo)
+        return
+    for item in todo:
+        try:
+            response, stats = answer_fn(item)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded per item, retried on resume
+            yield item, "", {}, f"{type(exc).__name__}: {exc}"
+            continue
+        yield item, response, dict(stats or {}), None
+
+
 @dataclass
 class RunResult:
     """What :func:`run_eval` did: the folder, the metrics, items run now and skipped."""
@@ -185,7 +205,10 @@ def _flops_stats(stats: dict, dims: Any, prune_layer: int | None) -> dict:
     full_n = stats["n_text"] + stats["n_audio"] + stats["n_video"]
     kept_n = stats["n_text"] + stats["kept_audio"] + stats["kept_video"]
     full = run_macs(dims, full_n, generated=generated)
-    if prune_layer is None:
+    layer_tokens = stats.get("layer_tokens")
+    if isinstance(layer_tokens, list) and len(layer_tokens) == dims.layers:
+        kept = run_macs(dims, kept_n, generated=generated, layer_tokens=layer_tokens)
+    elif prune_layer is None:
         kept = run_macs(dims, kept_n, generated=generated)
     else:
         kept = run_macs(dims, full_n, generated=generated, prune_layer=prune_layer, n_after=kept_n)
@@ -236,6 +259,9 @@ def run_eval(
         answer_fn: ``item -> (decoded answer, stats)`` (:class:`~omnizip.eval.generation.
             OmniAnswerer` for a model; anything for tests). Exceptions are recorded per item
             (counted as wrong, retried on resume); KeyboardInterrupt stops the run cleanly.
+            An answer function with ``answer_batch(items)`` (yielding ``(item, answer, stats,
+            error or None)`` in any order: :class:`~omnizip.eval.vllm_engine.VllmAnswerer`)
+            gets all the items to answer at once.
         output: the output root; the run's folder is created inside it.
         benchmark, model, method: names for the folder and config.json.
         method_config: the method's configuration (a dataclass or dict), recorded in full.
@@ -301,17 +327,10 @@ def run_eval(
     n_run = 0
     answered = sum(1 for it in items if it.id in records)
     n_correct = sum(1 for it in items if it.id in records and records[it.id].get("correct"))
+    started = time.perf_counter()
     try:
         with pred_path.open("a", encoding="utf-8") as out:
-            for item in todo:
-                error = None
-                try:
-                    response, stats = answer_fn(item)
-                    stats = dict(stats or {})
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # recorded per item, retried on resume
-                    response, stats, error = "", {}, f"{type(exc).__name__}: {exc}"
+            for item, response, stats, error in _answers(answer_fn, todo):
                 prediction = None if error else extract_choice(response, item.options, item.letters)
                 stats.update(_flops_stats(stats, dims, prune_layer))
                 rec = {
@@ -341,5 +360,8 @@ def run_eval(
             bar.close()
         metrics = compute_metrics(items, records)
         metrics.update({"benchmark": benchmark, "model": model, "method": method})
+        wall = time.perf_counter() - started
+        metrics["throughput"] = {"items": n_run, "seconds": wall,
+                                 "items_per_s": n_run / wall if n_run and wall > 0 else None}
         _write_json(metrics_path, metrics)
     return RunResult(output_dir=run_dir, metrics=metrics, n_run=n_run, n_skipped=skipped)

@@ -19,6 +19,7 @@ name                      method
 ``dycoke``                DyCoke TTM on video and audio (:class:`DyCokeConfig`)
 ``visionzip``             VisionZip video + OmniZip audio (:class:`VisionZipConfig`)
 ``fastv``                 FastV inside the decoder (:class:`FastVConfig`)
+``seats``                 SEATS before and inside the decoder (:class:`SEATSConfig`)
 ========================  ==================================================================
 
 What an adapter does with a method (``omnizip.patch`` wiring):
@@ -30,6 +31,9 @@ What an adapter does with a method (``omnizip.patch`` wiring):
   :mod:`omnizip.methods.visionzip_hooks`).
 - ``method.in_decoder_layer == K`` (FastV): the method's own hooks prune inside the decoder
   (:mod:`omnizip.methods.fastv`, :mod:`omnizip.methods.fastv_hooks`).
+- both (``seats``: ``decides_before_decoder`` and ``prunes_in_decoder``): ``compress``
+  first (Stage I), then its hooks inside the decoder (:mod:`omnizip.methods.seats_hooks`);
+  ``retention`` is the layer-averaged retention there (docs/seats.md).
 
 A method that needs hooks of its own returns them from ``model_hooks(ctx)`` (the extension
 point, :mod:`omnizip.method`); nothing in the model adapters names a method.
@@ -58,6 +62,7 @@ from ._common import DEFAULT_RETENTION, BudgetedMethod
 from .dycoke import DyCokeConfig
 from .fastv import FastVConfig
 from .random import RandomConfig
+from .seats import SEATSConfig
 from .visionzip import VisionZipConfig
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "FastVConfig",
     "MethodEntry",
     "RandomConfig",
+    "SEATSConfig",
     "VisionZipConfig",
     "coerce_option",
     "get_method",
@@ -137,6 +143,11 @@ METHODS: dict[str, MethodEntry] = {
     "fastv": MethodEntry(
         FastVConfig, "FastV: prune visual tokens after decoder layer K by last-token attention",
         paper="Chen et al., FastV, ECCV 2024",
+    ),
+    "seats": MethodEntry(
+        SEATSConfig, "SEATS: windowed diversity before the decoder, progressive drops and late "
+        "removal inside it (docs/seats.md)",
+        paper="Xin et al., arXiv 2605.20035",
     ),
 }
 

@@ -17,58 +17,23 @@ end of the prefill (adapter)          prune the cache of layers < K to the kept 
                                       decoding is bookkept as for the pre-decoder methods
 ====================================  =======================================================
 
-The contract these hooks implement is in :mod:`omnizip.methods.fastv`.
+The pruning itself is the shared one of :mod:`omnizip.methods.decoder_pruning` (one step at
+K); the contract these hooks implement is in :mod:`omnizip.methods.fastv`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..method import MethodHooks
-from ..models.batch import Repadded, gather_tokens, renumber_text_row, repad_rows
-from ..models.context import LayerFeatures, ModelContext, Prefill
-from ..models.decode import prune_cache_layers
+from ..models.context import ModelContext, Prefill
 from ..models.rotary import apply_rotary
+from .decoder_pruning import PrunedPrefill, check_decoder, last_real_index
 
-__all__ = ["FastVHooks", "FastVPrefill", "decoder_query_keys", "last_real_index"]
-
-
-@dataclass
-class FastVPrefill:
-    """One FastV prefill in flight (from the decoder's start to its end).
-
-    Attributes:
-        prefill: the adapter's view of the prompt (ids, padding, positions).
-        results: per row, the :class:`~omnizip.TokenDecision` of layer K.
-        kept_rows: per row, the original slots kept.
-        layout: the re-padded layout (None until layer K-1 has been scored).
-        inputs: the pruned per-layer inputs (mask, rotary embeddings, text positions) for the
-            layers from K on, built at layer K.
-        held: the family's side features of layers >= K, held back from the decoder;
-            ``features`` the same pruned to the kept tokens (after layer K-1).
-        seconds: time spent in FastV's hooks (the patch's overhead).
-    """
-
-    prefill: Prefill
-    results: list[Any] = field(default_factory=list)
-    kept_rows: list[torch.Tensor] = field(default_factory=list)
-    layout: Repadded | None = None
-    inputs: dict[str, Any] | None = None
-    held: LayerFeatures | None = None
-    features: LayerFeatures | None = None
-    seconds: float = 0.0
-
-    @property
-    def length(self) -> int:
-        return int(self.prefill.input_ids.shape[1])
-
-    @property
-    def changed(self) -> bool:
-        return self.layout is not None and bool((self.layout.n_dropped > 0).any())
+__all__ = ["FastVHooks", "decoder_query_keys", "last_real_index"]
 
 
 class FastVHooks(MethodHooks):
@@ -79,31 +44,19 @@ class FastVHooks(MethodHooks):
         self.ctx = ctx
         self.method = method
         self.layer = int(method.layer)
-        self._state: FastVPrefill | None = None
+        self._state: PrunedPrefill | None = None
+        self._results: list[Any] = []
         self._layer_ids: dict[int, int] = {}
 
     def attach(self) -> None:
         """Check the decoder fits, then hook layers K-1 and K.. (see the module docstring)."""
-        decoder, layer, name = self.ctx.decoder, self.layer, self.method.name
-        layers = decoder.layers
-        n_layers = len(layers)
-        if not 1 <= layer < n_layers:
-            raise ValueError(
-                f"config: method {name!r} prunes after decoder layer {layer} "
-                f"(layer={layer}), but this model's decoder has {n_layers} layers; choose a "
-                f"layer between 1 and {n_layers - 1}"
-            )
-        kinds = set(getattr(decoder.config, "layer_types", None) or ["full_attention"])
-        if kinds != {"full_attention"}:
-            raise ValueError(
-                f"config: method {name!r} supports decoders with full "
-                f"attention only; this one has layer types {sorted(kinds)}"
-            )
+        check_decoder(self.ctx, self.method.name, [self.layer])
+        layers = self.ctx.decoder.layers
         self._layer_ids = {id(m): i for i, m in enumerate(layers)}
-        self.ctx.pre_hook(layers[layer - 1].self_attn, self._on_scores)
-        for i in range(layer, n_layers):
+        self.ctx.pre_hook(layers[self.layer - 1].self_attn, self._on_scores)
+        for i in range(self.layer, len(layers)):
             self.ctx.pre_hook(layers[i], self._on_layer)
-        for i in range(layer, min(self.ctx.side_feature_layers, n_layers)):
+        for i in range(self.layer, min(self.ctx.side_feature_layers, len(layers))):
             self.ctx.post_hook(layers[i], self._after_layer)
 
     def detach(self) -> None:
@@ -123,17 +76,15 @@ class FastVHooks(MethodHooks):
             length = int(ids.shape[1])
             ctx.record([], [], [], prefill.started, (length, length))
             return None
-        state = FastVPrefill(prefill)
-        state.seconds = time.perf_counter() - prefill.started
-        self._state = state
-        update, state.held = ctx.hold_back_features(prefill.kwargs, self.layer)
-        return update or None
+        self._state = PrunedPrefill(ctx, prefill, self.layer)
+        self._results = []
+        return self._state.update or None
 
     def _on_scores(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Layer K-1's attention: the last real token's attention over all keys, from the
         layer's own q/k (no attention matrix); decide every row (FastVConfig.decide)."""
         state = self._state
-        if state is None or state.layout is not None:
+        if state is None or self._results:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         rotary = kwargs.get("position_embeddings")
@@ -144,126 +95,56 @@ class FastVHooks(MethodHooks):
                 f"{None if hidden is None else tuple(hidden.shape)}"
             )
         started = time.perf_counter()
-        ctx, prefill = self.ctx, state.prefill
-        padding = prefill.padding.to(hidden.device)
-        ids = prefill.input_ids.to(hidden.device)
+        ctx = self.ctx
+        padding = state.padding.to(hidden.device)
+        ids = state.ids.to(hidden.device)
+        kept: list[torch.Tensor] = []
         with torch.no_grad():
             query, keys = decoder_query_keys(module, hidden, rotary[0], rotary[1], last_real_index(padding))
             for b in range(hidden.shape[0]):
                 valid = padding[b].nonzero().squeeze(1)
                 decision = self.method.decide(
-                    hidden[b, valid],
-                    ids[b, valid],
-                    query[b],
-                    keys[b, valid],
-                    audio_token_id=ctx.audio_token_id,
-                    video_token_id=ctx.video_token_id,
-                    image_token_id=ctx.image_token_id,
-                    scale=float(module.scaling),
+                    hidden[b, valid], ids[b, valid], query[b], keys[b, valid],
+                    audio_token_id=ctx.audio_token_id, video_token_id=ctx.video_token_id,
+                    image_token_id=ctx.image_token_id, scale=float(module.scaling),
                 )
-                state.results.append(decision)
-                state.kept_rows.append(valid[decision.keep.to(valid.device)])
-        state.layout = repad_rows(state.kept_rows, padding, prefill.positions, prefill.text_row)
-        if state.held is not None:
-            state.features = state.held.pruned(state.layout)
+                self._results.append(decision)
+                kept.append(valid[decision.keep.to(valid.device)])
+        state.decide(self.layer, kept)
         state.seconds += time.perf_counter() - started
         return None
 
     def _on_layer(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
-        """Layers K..: the kept tokens only. Layer K gathers the hidden states; every layer
-        gets the pruned mask, rotary embeddings and text positions (the decoder builds those
-        once for the whole prompt and hands the same ones to every layer)."""
+        """Layers K..: the kept tokens only (layer K prunes, the later ones get its inputs)."""
         state = self._state
-        if state is None or not state.changed:
+        if state is None:
             return None
-        layout = state.layout
-        assert layout is not None  # changed implies a layout
-        hidden = args[0] if args else kwargs.get("hidden_states")
-        new_kwargs = dict(kwargs)
-        if state.inputs is None:  # layer K: prune
-            if hidden is None or hidden.shape[1] != state.length:
-                raise RuntimeError(
-                    "omnizip: fastv expected the whole prompt entering decoder layer "
-                    f"{self.layer}, got {None if hidden is None else tuple(hidden.shape)}"
-                )
-            started = time.perf_counter()
-            index = layout.index.to(hidden.device)
-            hidden = gather_tokens(hidden, index, fill=0, dim=1)
-            state.inputs = self._layer_inputs(state, kwargs, hidden, index, layout.padding)
-            # decode bookkeeping, exactly as for the methods that prune before the decoder
-            self.ctx.begin_decode(state.length, layout)
-            state.seconds += time.perf_counter() - started
-            if args:
-                args = (hidden, *args[1:])
-            else:
-                new_kwargs["hidden_states"] = hidden
-        new_kwargs.update(state.inputs)
-        return args, new_kwargs
-
-    def _layer_inputs(
-        self, state: FastVPrefill, kwargs: dict, hidden: torch.Tensor, index: torch.Tensor,
-        padding: torch.Tensor,
-    ) -> dict:
-        """Mask, rotary embeddings and text positions of the pruned layout for layers K.."""
-        from transformers.masking_utils import create_causal_mask
-
-        out: dict[str, Any] = {}
-        bsz = hidden.shape[0]
-        padding = padding.to(hidden.device)
-        rotary = kwargs.get("position_embeddings")
-        if rotary is not None:
-            out["position_embeddings"] = tuple(
-                gather_tokens(t.expand(bsz, *t.shape[1:]), index.to(t.device), fill=0, dim=1)
-                for t in rotary
-            )
-        text = kwargs.get("position_ids")
-        if isinstance(text, torch.Tensor):
-            text = renumber_text_row(text.expand(bsz, -1), state.prefill.padding, padding)
-            out["position_ids"] = text
-        mask2d = None if bool(padding.all()) else padding.long()
-        out["attention_mask"] = create_causal_mask(
-            config=self.ctx.decoder.config,
-            inputs_embeds=hidden,
-            attention_mask=mask2d,
-            cache=kwargs.get("cache", kwargs.get("past_key_values")),
-            position_ids=text if isinstance(text, torch.Tensor) else None,
-            layer_idx=self.layer,
-        )
-        return out
+        return state.enter_layer(self._layer_ids[id(module)], args, kwargs)
 
     def _after_layer(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
         """Side features (DeepStack) after a layer >= K, added at the kept tokens."""
         state = self._state
-        if state is None or state.features is None:
+        if state is None:
             return None
-        return state.features.add_after(self._layer_ids.get(id(module), -1), output)
+        return state.add_features(self._layer_ids.get(id(module), -1), output)
 
     def end_prefill(self, kwargs: dict, output: Any) -> None:
         """Prune the cache of layers < K to the kept tokens (so every layer holds the same
         L' tokens and decoding is bookkept as for the other methods), publish the decisions."""
         state, self._state = self._state, None
-        if state is None or state.layout is None:
+        if state is None or not self._results:
             return
-        layout = state.layout
-        started = time.perf_counter()
-        if state.changed:
-            cache = getattr(output, "cache", None)
-            if cache is None:
-                cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            if cache is not None and getattr(cache, "layers", None):
-                prune_cache_layers(cache, range(self.layer), layout.index)
-        before, after = int(state.prefill.padding.sum()), int(layout.padding.sum())
-        state.seconds += time.perf_counter() - started
+        state.finish(kwargs, output)
+        before, after = int(state.prefill.padding.sum()), int(state.padding.sum())
+        n_layers = len(self.ctx.decoder.layers)
+        layer_tokens = [
+            [int(state.prefill.padding[b].sum())] * self.layer + [int(k.numel())] * (n_layers - self.layer)
+            for b, k in enumerate(state.kept_in_prefill())
+        ]
         self.ctx.record(
-            state.results, state.kept_rows, [None] * len(state.results),
-            time.perf_counter() - state.seconds, (before, after),
+            self._results, state.kept_in_prefill(), [None] * len(self._results),
+            time.perf_counter() - state.seconds, (before, after), layer_tokens=layer_tokens,
         )
-
-
-def last_real_index(padding: torch.Tensor) -> torch.Tensor:
-    """int64 ``[B]``: the last real (non-pad) slot of each row of a bool ``[B, L]`` mask."""
-    length = padding.shape[1]
-    return (length - 1) - padding.flip(1).to(torch.int8).argmax(1).to(torch.int64)
 
 
 def decoder_query_keys(

@@ -35,7 +35,8 @@ from ..method import DEFAULT_BLOCK_ELEMENTS, CompressionMethod, MethodHooks
 from ..models.context import ModelContext
 from ..models.rotary import apply_rotary
 
-__all__ = ["VisionRun", "VisionScoreBook", "VisionZipHooks", "vision_query_key", "vision_token_scores"]
+__all__ = ["VisionRun", "VisionScoreBook", "VisionZipHooks", "frame_window_spans", "vision_query_key",
+           "vision_token_scores"]
 
 logger = logging.getLogger("omnizip")
 
@@ -94,6 +95,19 @@ def vision_token_scores(
             )
         merged = merged[order]
     return merged
+
+
+def frame_window_spans(grid_thw: torch.Tensor, frames: int) -> torch.Tensor:
+    """int64 ``[n + 1]`` bounds of windows of ``frames`` temporal grid steps of each grid entry
+    (an entry's last window may hold fewer), in patches, laid end to end as the encoder does."""
+    grid = grid_thw.to("cpu", torch.int64)
+    t, area = grid[:, 0], grid[:, 1] * grid[:, 2]
+    full, tail = t // frames, t % frames
+    per_entry = full + (tail > 0).to(torch.int64)
+    sizes = torch.repeat_interleave(area * frames, per_entry)
+    last = torch.cumsum(per_entry, 0) - 1
+    sizes[last[tail > 0]] = (area * tail)[tail > 0]
+    return torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0))
 
 
 def vision_query_key(
@@ -207,9 +221,12 @@ class VisionScoreBook:
 class VisionZipHooks(MethodHooks):
     """VisionZip's vision-encoder scoring on one patched model (see the module docstring)."""
 
-    def __init__(self, ctx: ModelContext, method: CompressionMethod) -> None:
+    def __init__(self, ctx: ModelContext, method: CompressionMethod, frames_per_span: int = 1) -> None:
         self.ctx = ctx
         self.method = method
+        #: 1: the block's own attention spans (one frame each); more: windows of that many
+        #: frames of each video (SEATS scores inside its Stage I windows)
+        self.frames_per_span = frames_per_span
         self.book = VisionScoreBook()
         self._call: dict[str, Any] | None = None  # the encoder call in flight
         self._seconds = 0.0
@@ -262,6 +279,8 @@ class VisionZipHooks(MethodHooks):
         if hidden is None or cu_seqlens is None or rotary is None:
             return None
         started = time.perf_counter()
+        if self.frames_per_span > 1:
+            cu_seqlens = frame_window_spans(pending["grid"], self.frames_per_span)
         with torch.no_grad():
             query, key = vision_query_key(module, hidden, rotary)
             pending["scores"] = vision_token_scores(

@@ -5,11 +5,18 @@ LayerNorm); q/k are recomputed and every frame is scored by the attention it rec
 (:func:`omnizip.audio_attention_scores`), per audio stream, pooled to LLM tokens
 (:func:`omnizip.pool_audio_scores`). The adapter hands the scores of a prefill to the method
 (``needs_audio_scores``), or embedding-norm scores for ``audio_score="energy"``.
+
+A causal method (``causal=True``, algorithm §9) with ``audio_score="global"`` is scored with
+``scope="causal"``: each encoder attention window by the attention it receives within its
+look-back span, so no frame's score depends on later audio ("windowed" and "energy" are
+causal already). The span is the method's ``causal_lookback`` OmniZip windows converted to
+encoder windows by their length in seconds, at least 2 (:meth:`AudioScoring._encoder_lookback`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -19,9 +26,21 @@ from ..core import audio_attention_scores, audio_energy_scores, pool_audio_score
 from ..method import CompressionMethod
 from .prefill import PrefillCall
 
-__all__ = ["AudioScoring"]
+__all__ = ["AudioScoring", "stream_windows"]
 
 logger = logging.getLogger("omnizip")
+
+
+def stream_windows(stream_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """int32 ``[n + 1]`` cumulative bounds of windows of ``width`` frames laid along each
+    stream (a stream's last window may be shorter), for ``audio_attention_scores``."""
+    lengths = stream_lengths.to("cpu", torch.int64)
+    full, tail = lengths // width, lengths % width
+    per_stream = full + (tail > 0).to(torch.int64)
+    sizes = torch.full((int(per_stream.sum()),), width, dtype=torch.int64)
+    last = torch.cumsum(per_stream, 0) - 1
+    sizes[last[tail > 0]] = tail[tail > 0]
+    return torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0)).to(torch.int32)
 
 
 class AudioScoring:
@@ -32,6 +51,10 @@ class AudioScoring:
     method: CompressionMethod
     #: frames pooled per LLM audio token
     audio_pool: int = 2
+    #: seconds of one OmniZip window (algorithm §1) on this family: Qwen2.5-Omni's 2-s chunk
+    window_seconds: float = 2.0
+    #: mel frames per second of the audio features (Whisper's 16 kHz with a 160-sample hop)
+    mel_frames_per_second: int = 100
     _call: PrefillCall | None
     _warned: set[str]
 
@@ -71,6 +94,7 @@ class AudioScoring:
             )
             streams = torch.tensor([frames])
         heads = int(module.num_heads)
+        mode = self._score_mode()
         started = time.perf_counter()
         with torch.no_grad():
             query = module.q_proj(hidden).reshape(frames, heads, -1)
@@ -78,15 +102,30 @@ class AudioScoring:
             frame_scores = audio_attention_scores(
                 query,
                 key,
-                scope=self._score_mode(),
+                scope=mode,
                 stream_lengths=streams,
-                cu_seqlens=cu_seqlens if self._score_mode() == "windowed" else None,
+                cu_seqlens=self._score_windows(cu_seqlens, streams),
                 scale=float(module.scaling),
                 block_elements=method.block_elements,
+                lookback=self._encoder_lookback() if mode == "causal" else None,
             )
             call.scores.append(pool_audio_scores(frame_scores, streams, pool=self.audio_pool))
         call.score_seconds += time.perf_counter() - started
         return None
+
+    def _score_windows(self, cu_seqlens: Any, streams: torch.Tensor) -> Any:
+        """The spans of ``audio_score="windowed"``: the encoder's own attention windows, or
+        windows of ``method.audio_score_window`` LLM tokens laid along each stream (SEATS);
+        the causal scope's units: the encoder's own windows."""
+        mode = self._score_mode()
+        if mode == "causal":
+            return cu_seqlens
+        if mode != "windowed":
+            return None
+        tokens = self.method.audio_score_window
+        if tokens is None:
+            return cu_seqlens
+        return stream_windows(streams, int(tokens) * self.audio_pool)
 
     def _audio_scores(
         self, call: PrefillCall, embeds: torch.Tensor, is_audio: torch.Tensor
@@ -111,8 +150,22 @@ class AudioScoring:
         return audio_energy_scores(embeds[is_audio])
 
     def _score_mode(self) -> str:
-        """algorithm §3 variant: the method's ``audio_score`` ("global" / "windowed" / "energy")."""
-        return self.method.audio_score
+        """algorithm §3 variant: the method's ``audio_score`` ("global" / "windowed" / "energy"),
+        with "global" scored causally (``"causal"``) for a causal method."""
+        mode = self.method.audio_score
+        return "causal" if mode == "global" and self.method.causal else mode
+
+    def _encoder_window_seconds(self) -> float:
+        """Seconds of one attention window of the audio encoder (its ``cu_seqlens`` spans):
+        on Qwen2.5-Omni a ``2 * n_window`` mel-frame chunk."""
+        audio = self.thinker.config.audio_config
+        return 2 * int(audio.n_window) / self.mel_frames_per_second
+
+    def _encoder_lookback(self) -> int:
+        """The method's ``causal_lookback`` (OmniZip windows) as encoder windows: the same
+        seconds, rounded up, at least 2 (a window and the one before it)."""
+        seconds = self.method.causal_lookback * self.window_seconds
+        return max(2, math.ceil(seconds / self._encoder_window_seconds() - 1e-9))
 
     def _encoder_scores(self) -> bool:
         """Whether the audio encoder's last layer must be scored for this method."""

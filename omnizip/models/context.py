@@ -64,6 +64,11 @@ class Prefill:
         positions: ``[R, B, L]`` position ids; ``text_row`` when row 0 is the plain text row.
         kwargs: the decoder's keyword arguments.
         started: ``time.perf_counter()`` value the patch's overhead is counted from.
+        before: the method's own pre-decoder compression of this prefill (a
+            :class:`~omnizip.models.batch.BatchCompression`, SEATS Stage I) when it decides
+            before the decoder too: the tensors above are then the compressed prompt's, and
+            ``before.index`` maps their slots to the caller's (when ``before.changed``),
+            ``caller_padding`` (bool ``[B, L]``) holds the caller's real slots.
     """
 
     input_ids: torch.Tensor
@@ -72,6 +77,8 @@ class Prefill:
     text_row: bool
     kwargs: dict
     started: float
+    before: Any = None
+    caller_padding: torch.Tensor | None = None
 
 
 @dataclass
@@ -90,7 +97,8 @@ class ModelContext:
         pre_hook, post_hook: register a forward (pre-)hook (``with_kwargs=True``; removed by
             the patch handle): ``pre_hook(module, fn)``, ``post_hook(module, fn, always_call)``.
         embedding_dtype: ``() -> dtype`` of the decoder input embeddings.
-        record: publish a prefill's results (``OmniZipHandle._record``'s arguments).
+        record: publish a prefill's results (``OmniZipHandle._record``'s arguments, with
+            ``layer_tokens``: per row, the tokens each decoder layer saw).
         begin_decode: ``(prompt_length, layout)``: a prefill was compressed to the re-padded
             ``layout``; decode steps on its cache are translated (``rope_deltas`` included).
         hold_back_features: ``(kwargs, first_layer) -> (kwargs update, LayerFeatures | None)``:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .decode import DecodeSession
-from .frames import tokens_per_frame_from_grid, tokens_per_frame_from_positions
+from .frames import padding_mask_2d, tokens_per_frame_from_grid, tokens_per_frame_from_positions
 
 __all__ = [
     "TEXT_ID",
@@ -22,6 +22,7 @@ __all__ = [
     "keyword_arguments",
     "position_rows",
     "prefill_mask",
+    "start_call",
     "tokens_per_frame",
     "video_grid",
 ]
@@ -85,6 +86,39 @@ def filled_placeholders(ids: torch.Tensor, kwargs: dict, token_ids: dict[str, in
         if not fills[kind]:
             unfilled |= ids == token
     return ids.masked_fill(unfilled, TEXT_ID)
+
+
+def ids_from_embeds(embeds: torch.Tensor, table: torch.Tensor, token_ids: dict[str, int]) -> torch.Tensor:
+    """Placeholder ids from embeddings (``table``: the input embedding matrix), as the model
+    itself finds them without ids; every other slot gets -1."""
+    ids = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
+    for token in token_ids.values():
+        row = table[token].to(embeds.device, embeds.dtype)
+        ids = ids.masked_fill((embeds == row).all(-1), token)
+    return ids
+
+
+def start_call(kwargs: dict, token_ids: dict[str, int], table: torch.Tensor) -> PrefillCall | None:
+    """What a prefill call of ``thinker.model`` shows at its start (None: no ids to read)."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            return None
+        ids = ids_from_embeds(embeds, table, token_ids)
+    if ids.dim() != 2:
+        return None
+    bsz, length = ids.shape
+    padding = padding_mask_2d(kwargs.get("attention_mask"), bsz, length, ids.device)
+    # only the placeholders the encoders fill in this call are media (stray ids are text)
+    ids = filled_placeholders(ids, kwargs, token_ids)
+    sizes = None
+    video_out = (kwargs.get("mm_encoder_outputs") or {}).get("video")
+    pooled = getattr(video_out, "pooler_output", None)
+    if isinstance(pooled, (tuple, list)):
+        sizes = [int(p.shape[0]) for p in pooled]
+    return PrefillCall(input_ids=ids, padding=padding, video_grid_thw=kwargs.get("video_grid_thw"),
+                       video_sizes=sizes)
 
 
 def position_rows(

@@ -47,18 +47,17 @@ import torch
 from ..method import CompressionMethod, FamilyLayout, MethodHooks
 from .audio_hooks import AudioScoring
 from .base import ModelAdapter
-from .batch import Repadded, compress_batch
+from .batch import Repadded, compress_batch, gather_tokens
 from .context import LayerFeatures, ModelContext, Prefill
 from .decode import DecodeSession, cache_length
-from .frames import padding_mask_2d
 from .prefill import (
     PrefillCall,
     decode_inputs,
-    filled_placeholders,
     fills_media,
     keyword_arguments,
     position_rows,
     prefill_mask,
+    start_call,
     tokens_per_frame,
 )
 
@@ -113,6 +112,9 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         self._thinker_signature = inspect.signature(self.thinker.forward)
         self._call: PrefillCall | None = None
         self._pending: DecodeSession | None = None
+        # (caller's prompt length, pre-decoder compression) of the prefill in flight, for
+        # methods that prune inside the decoder after it (SEATS)
+        self._before: tuple[int, Any] | None = None
         # cache object -> decode bookkeeping; weak keys: a finished generation frees its entry
         self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned: set[str] = set()
@@ -241,8 +243,8 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         return None
 
     def _on_decoder(self, module: Any, args: tuple, kwargs: dict) -> tuple | None:
-        """algorithm §5: compress the prefill between the multimodal merge and the first layer
-        (in-decoder methods: hand the prefill to the method's hooks instead)."""
+        """algorithm §5: compress the prefill between the multimodal merge and the first layer;
+        in-decoder methods then get the (compressed) prefill through their hooks."""
         call, self._call = self._call, None
         grids, self._visual_grids = self._visual_grids, []
         hook_seconds = self.hooks.take_seconds()
@@ -258,61 +260,60 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
                 f"omnizip: decoder got {bsz}x{length} embeddings for {tuple(ids.shape)} input ids"
             )
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if self.method.in_decoder_layer is not None:
-            self._forget(cache)
-            padding = call.padding.to(embeds.device)
-            positions, text_row = position_rows(kwargs.get("position_ids"), bsz, length, padding)
-            update = self.hooks.begin_prefill(Prefill(ids, padding, positions, text_row, kwargs, started))
-            return (args, {**kwargs, **update}) if update else None
-        is_audio = ids == self.audio_token_id
-        if not bool((is_audio | (ids == self.video_token_id)).any()):
-            self._forget(cache)
-            self.handle._record([], [], [], started, (length, length))
-            return None
+        self._forget(cache)
+        self._before = None
         padding = call.padding.to(embeds.device)
         given = kwargs.get("position_ids")
         positions, text_row = position_rows(given, bsz, length, padding)
-        mrope = positions[1:] if text_row else positions
-        batch = compress_batch(
-            embeds=embeds,
-            input_ids=ids,
-            padding=padding,
-            position_ids=positions,
-            audio_scores=self._audio_scores(call, embeds, is_audio),
-            video_scores=self.hooks.video_scores(embeds, ids == self.video_token_id),
-            tokens_per_frame=tokens_per_frame(
-                call, grids, ids, padding, mrope, self.video_token_id, self.merge_size
-            ),
-            method=self.method,
-            audio_token_id=self.audio_token_id,
-            video_token_id=self.video_token_id,
-            text_row=text_row,
-        )
-        before, after = int(padding.sum()), int(batch.padding.sum())
-        if not batch.changed:
-            self._forget(cache)
-            self.handle._record(
-                batch.results, batch.kept_indices, batch.audio_scores, started, (before, after),
-                video_scores=batch.video_scores,
+        new_kwargs, batch = kwargs, None
+        if self.method.decides_before_decoder:
+            is_audio = ids == self.audio_token_id
+            if not bool((is_audio | (ids == self.video_token_id)).any()):
+                self.handle._record([], [], [], started, (length, length))
+                return None
+            mrope = positions[1:] if text_row else positions
+            batch = compress_batch(
+                embeds=embeds,
+                input_ids=ids,
+                padding=padding,
+                position_ids=positions,
+                audio_scores=self._audio_scores(call, embeds, is_audio),
+                video_scores=self.hooks.video_scores(embeds, ids == self.video_token_id),
+                tokens_per_frame=tokens_per_frame(
+                    call, grids, ids, padding, mrope, self.video_token_id, self.merge_size
+                ),
+                method=self.method,
+                audio_token_id=self.audio_token_id,
+                video_token_id=self.video_token_id,
+                text_row=text_row,
             )
-            return None
-        new_kwargs = dict(kwargs)
-        new_kwargs["inputs_embeds"] = batch.embeds
-        new_kwargs["attention_mask"] = prefill_mask(kwargs.get("attention_mask"), batch.padding)
-        new_positions = batch.position_ids
-        if given is not None and given.dim() == 2:
-            new_positions = new_positions[0]
-        new_kwargs["position_ids"] = new_positions
-        new_kwargs.update(self._extra_decoder_inputs(kwargs, batch))
-        # callers that decode without position_ids continue from the cache length + rope_deltas
-        self.inner.rope_deltas = batch.rope_deltas
-        self._pending = DecodeSession(length, batch.padding, batch.n_dropped, batch.rope_deltas)
-        self._forget(cache)
-        self.handle._record(
-            batch.results, batch.kept_indices, batch.audio_scores, started, (before, after),
-            video_scores=batch.video_scores,
-        )
-        return args, new_kwargs
+            self.handle._record(
+                batch.results, batch.kept_indices, batch.audio_scores, started,
+                (int(padding.sum()), int(batch.padding.sum())), video_scores=batch.video_scores,
+            )
+            if batch.changed:
+                new_kwargs = dict(kwargs)
+                new_kwargs["inputs_embeds"] = batch.embeds
+                new_kwargs["attention_mask"] = prefill_mask(kwargs.get("attention_mask"), batch.padding)
+                new_positions = batch.position_ids
+                if given is not None and given.dim() == 2:
+                    new_positions = new_positions[0]
+                new_kwargs["position_ids"] = new_positions
+                new_kwargs.update(self._extra_decoder_inputs(kwargs, batch))
+                # callers that decode without position_ids continue from the cache length + rope_deltas
+                self.inner.rope_deltas = batch.rope_deltas
+                self._pending = DecodeSession(length, batch.padding, batch.n_dropped, batch.rope_deltas)
+                # in-decoder steps after this one compose with it (_begin_decode)
+                self._before = (length, batch)
+                ids = gather_tokens(ids, batch.index.to(ids.device), fill=-1)
+                padding, positions = batch.padding, batch.position_ids
+        if self.method.prunes_in_decoder:
+            prefill = Prefill(ids, padding, positions, text_row, new_kwargs, started, before=batch,
+                              caller_padding=call.padding.to(embeds.device))
+            update = self.hooks.begin_prefill(prefill)
+            if update:
+                new_kwargs = {**new_kwargs, **update}
+        return (args, new_kwargs) if new_kwargs is not kwargs else None
 
     def _after_decoder(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         """Bind the decode bookkeeping to the cache the compressed prefill was written to
@@ -332,16 +333,21 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
         """End of ``thinker.model`` (also after an error): no per-call state outlives it."""
         self._call = None
         self._pending = None
+        self._before = None
         self.hooks.end_call()
         return None
 
     # -- services for the method hooks ----------------------------------------------------------
     def _begin_decode(self, prompt_length: int, layout: Repadded) -> None:
-        """A prefill of ``prompt_length`` slots was pruned to ``layout`` (in the decoder)."""
+        """A prefill of ``prompt_length`` slots was pruned to ``layout`` (in the decoder),
+        after the method's own pre-decoder compression, if any (then counted from the
+        caller's prompt)."""
+        n_dropped = layout.n_dropped
+        if self._before is not None:
+            prompt_length, batch = self._before
+            n_dropped = n_dropped + batch.n_dropped.to(n_dropped.device)
         self.inner.rope_deltas = layout.rope_deltas
-        self._pending = DecodeSession(
-            prompt_length, layout.padding, layout.n_dropped, layout.rope_deltas
-        )
+        self._pending = DecodeSession(prompt_length, layout.padding, n_dropped, layout.rope_deltas)
 
     def _side_feature_layers(self) -> int:
         """Decoder layers after which the family adds side features (none here)."""
@@ -359,40 +365,9 @@ class Qwen2_5OmniAdapter(AudioScoring, ModelAdapter):
 
     # -- helpers -------------------------------------------------------------------------------
     def _start_call(self, kwargs: dict) -> PrefillCall | None:
-        ids = kwargs.get("input_ids")
-        if ids is None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is None:
-                return None
-            ids = self._ids_from_embeds(embeds)
-        if ids.dim() != 2:
-            return None
-        bsz, length = ids.shape
-        padding = padding_mask_2d(kwargs.get("attention_mask"), bsz, length, ids.device)
-        # only the placeholders the encoders fill in this call are media (stray ids are text)
-        ids = filled_placeholders(ids, kwargs, {"audio": self.audio_token_id,
-                                                "video": self.video_token_id,
-                                                "image": self.image_token_id})
-        sizes = None
-        video_out = (kwargs.get("mm_encoder_outputs") or {}).get("video")
-        pooled = getattr(video_out, "pooler_output", None)
-        if isinstance(pooled, (tuple, list)):
-            sizes = [int(p.shape[0]) for p in pooled]
-        return PrefillCall(
-            input_ids=ids,
-            padding=padding,
-            video_grid_thw=kwargs.get("video_grid_thw"),
-            video_sizes=sizes,
-        )
-
-    def _ids_from_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Placeholder ids from embeddings, as the model itself finds them without ids."""
-        table = self.inner.get_input_embeddings().weight
-        ids = torch.full(embeds.shape[:2], -1, dtype=torch.long, device=embeds.device)
-        for token in (self.audio_token_id, self.video_token_id, self.image_token_id):
-            row = table[token].to(embeds.device, embeds.dtype)
-            ids = ids.masked_fill((embeds == row).all(-1), token)
-        return ids
+        token_ids = {"audio": self.audio_token_id, "video": self.video_token_id,
+                     "image": self.image_token_id}
+        return start_call(kwargs, token_ids, self.inner.get_input_embeddings().weight)
 
     def _forget(self, cache: Any) -> None:
         if cache is not None:

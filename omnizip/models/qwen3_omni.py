@@ -119,6 +119,8 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
     )
     #: no pooling after the encoder layers: one LLM token per last-layer frame (algorithm §3)
     audio_pool = 1
+    #: one OmniZip window is one grid step (2 sampled frames) with its audio: 1 s at 2 fps
+    window_seconds = 1.0
     audio_tokens_per_second = AUDIO_TOKENS_PER_SECOND
     frame_parity = "stream"
 
@@ -181,7 +183,7 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         logits = getattr(output, "router_logits", None)
         if caller is None or getattr(output, "aux_loss", None) is None or not logits:
             return None
-        if self.method.in_decoder_layer is not None:
+        if self.method.prunes_in_decoder:
             return None  # pruned inside the decoder: layers saw different tokens, no one mask
         rows, bsz = int(logits[0].shape[0]), int(caller.shape[0])
         if caller.dim() == 2 and rows == caller.numel():
@@ -199,6 +201,10 @@ class Qwen3OmniAdapter(Qwen2_5OmniAdapter):
         full = feature_lens // chunk
         per_full = _conv_stem(torch.tensor(chunk, dtype=torch.int64))
         return full * per_full + _conv_stem(feature_lens % chunk)
+
+    def _encoder_window_seconds(self) -> float:
+        """The encoder attends within ``n_window_infer`` mel frames (8 s on the real model)."""
+        return int(self.thinker.config.audio_config.n_window_infer) / self.mel_frames_per_second
 
     def _side_feature_layers(self) -> int:
         """Decoder layers after which DeepStack vision features are added (one per

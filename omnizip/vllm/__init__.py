@@ -15,7 +15,8 @@ the server starts (a bad setting stops it with the reason). How the plugin works
 :mod:`omnizip.vllm.processing` (slot counts, joint audio-video blocks),
 :mod:`omnizip.vllm.blocks` / :mod:`omnizip.vllm.layout` (transformers' layouts per family),
 :mod:`omnizip.vllm.positions`, :mod:`omnizip.vllm.audio_scores`, :mod:`omnizip.vllm.runner`
-(vLLM's pruning path, which the CPU runner never enables); the families:
+and :mod:`omnizip.vllm.model_state` (vLLM's pruning path on the V1, V2 and standalone CPU model
+runners, which enable it only for vLLM's own video pruning); the families:
 :mod:`omnizip.vllm.qwen2_5_omni`, :mod:`omnizip.vllm.qwen3_omni`.
 
 Importing this package imports neither vllm nor transformers.

@@ -12,7 +12,11 @@ fixed on the way:
   thinker has its own ``lm_head`` while the saved default says "tied", and vLLM then ties the head
   to the embeddings and ignores ``thinker.lm_head.weight`` (wrong logits, no error);
 - Qwen3-Omni's vision config gets ``image_size`` and ``apply_vit_abs_pos_embed``, which vLLM's
-  Qwen3-Omni vision tower reads and transformers' config class does not define.
+  Qwen3-Omni vision tower reads and transformers' config class does not define;
+- Qwen2.5-Omni gets an empty speaker table (``spk_dict.pt``): transformers' full-model loader
+  reads that file even with the talker off, so without it the folder would load in vLLM only
+  (with it, ``omnizip.loading.load_model`` and ``omnizip eval --engine hf`` load the same
+  weights vLLM serves).
 
 This module imports neither vllm nor transformers at import time (it is used from the main
 environment and from the vLLM environment's tests alike).
@@ -102,6 +106,10 @@ def save_tiny_checkpoint(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     _fix_config_for_vllm(out / "config.json", family)
+    if family == "qwen2.5-omni":
+        import torch
+
+        torch.save({}, out / "spk_dict.pt")  # no talker, no speakers
     return out
 
 

@@ -22,8 +22,18 @@ __all__ = ["CONFIG_KEY", "config_to_override", "server_config"]
 CONFIG_KEY = "omnizip"
 
 
+def _refuse_causal(causal: Any) -> None:
+    if causal:
+        raise ValueError(
+            "omnizip.causal=True is not served by vLLM yet: the server decides each media item "
+            "offline with an exact budget; use the Hugging Face integration for streams "
+            "(omnizip.patch with OmniZipConfig(causal=True)), or leave causal unset here"
+        )
+
+
 def _from_mapping(data: Mapping[str, Any]) -> OmniZipConfig:
     fields = dict(data)
+    _refuse_causal(fields.get("causal"))
     preset = fields.pop("preset", None)
     fields.setdefault("budget", "exact")
     if preset is not None:
@@ -34,6 +44,7 @@ def _from_mapping(data: Mapping[str, Any]) -> OmniZipConfig:
 
 
 def _check_servable(config: OmniZipConfig) -> OmniZipConfig:
+    _refuse_causal(config.causal)
     if config.budget != "exact":
         raise ValueError(
             f"omnizip.budget must be 'exact' on vLLM, got {config.budget!r}: vLLM fixes each "

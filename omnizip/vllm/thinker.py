@@ -14,8 +14,9 @@ stay vLLM's); what changes is what the encoders hand to the decoder:
   compressed prompt (text after a block continues as after the uncompressed block), the slots at
   their block's base; :meth:`~OmniZipThinkerMixin.recompute_mrope_positions`
   (``SupportsMultiModalPruning``) adds the kept tokens' relative positions once the encoder has
-  decided, and strips the channels. vLLM's runner calls it only with its pruning path on, which
-  :mod:`omnizip.vllm.runner` ensures (the CPU runner never turns it on by itself).
+  decided, and strips the channels. vLLM's runners call it only on their pruning path, which
+  :mod:`omnizip.vllm.runner` turns on (V1 and standalone CPU runners) and
+  :meth:`~OmniZipThinkerMixin.get_model_state_cls` asks for (V2 runner).
 
 Scope of a decision: one media item (a video with its own audio, a video, a standalone audio).
 For a prompt with one such item this is exactly the Hugging Face patch's decision (which runs
@@ -50,6 +51,29 @@ from .settings import CONFIG_KEY, server_config
 __all__ = ["OmniZipThinkerMixin"]
 
 
+def _model_state_cls() -> type:
+    from .model_state import OmniZipModelState  # vLLM's V2 runner code: only when it asks
+
+    return OmniZipModelState
+
+
+class _ModelStateHook:
+    """``get_model_state_cls``, the V2 runner's hook for a model's own model state.
+
+    vLLM looks it up with ``hasattr(model, "get_model_state_cls")``. The standalone CPU runner
+    (vLLM 0.34, CPUs without Triton other than x86) refuses every model that has it, so there
+    the attribute does not exist (AttributeError) and :mod:`omnizip.vllm.runner` adds the
+    pruner to that runner's own model state instead.
+    """
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        from .runner import standalone_cpu_runner
+
+        if standalone_cpu_runner():
+            raise AttributeError("get_model_state_cls")
+        return _model_state_cls
+
+
 class OmniZipThinkerMixin:
     """Put before a vLLM Qwen-Omni thinker class (with ``SupportsMultiModalPruning``).
     Subclasses set :attr:`blocks_class` and implement :meth:`_run_audio_tower`."""
@@ -59,20 +83,14 @@ class OmniZipThinkerMixin:
     supported_video_pruning_methods = ()
     #: read by omnizip.vllm.runner: the runner must take the multimodal-pruning path
     omnizip_needs_pruning_path = True
+    #: ``model.get_model_state_cls()``: the V2 runner's model state with the pruner built
+    get_model_state_cls = _ModelStateHook()
     blocks_class: type[OmniBlocks]
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         hf_config = vllm_config.model_config.hf_config
         # validated before anything is built, so a bad setting stops the server at start-up
         self.omnizip = server_config(getattr(hf_config, CONFIG_KEY, None))
-        if getattr(vllm_config, "use_v2_model_runner", False):
-            # vLLM 0.32's V2 runner (the default where Triton is installed, e.g. on GPUs) builds
-            # its multimodal pruner only when vLLM's own video pruning is configured; the plugin
-            # turns the pruning path on in the V1 runners only (omnizip.vllm.runner)
-            raise ValueError(
-                "OmniZip on vLLM 0.32 needs the V1 model runner: start vLLM with "
-                "VLLM_USE_V2_MODEL_RUNNER=0"
-            )
         mm_config = vllm_config.model_config.multimodal_config
         if mm_config is not None and mm_config.is_multimodal_pruning_enabled():
             raise ValueError(
