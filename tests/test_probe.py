@@ -7,8 +7,11 @@ discriminates). Everything else checks the task against independent readings of 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from omnizip.probe.task import (
     CELL,
@@ -195,7 +198,7 @@ def test_load_probe_refuses_missing_or_mismatched_files(tmp_path):
 
     from omnizip.probe.model import ASSETS, load_probe
 
-    with pytest.raises(FileNotFoundError, match="missing probe.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"missing probe\.safetensors"):
         load_probe(tmp_path)
     shutil.copy(ASSETS / "probe.json", tmp_path / "probe.json")
     from safetensors.torch import save_file
@@ -240,3 +243,32 @@ def test_probe_command_refuses_bad_options_in_one_line(capsys, tmp_path, args, m
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_the_auxiliary_loss_wants_the_tone_tokens_to_name_their_square():
+    """audio_colour_loss: loud tone tokens name the colour of their window's square, every
+    other audio token is neutral. Logits built to say exactly that reach the floor
+    (silent share x ln 4); the same colour said by another window's tokens costs more."""
+    import math
+    from types import SimpleNamespace
+
+    from omnizip.probe.train import audio_colour_loss
+
+    audio_id, per_window = 7, 50
+    sample = make_sample(TASK, "audio", 11)
+    other = (sample.tone + 1) % TASK.windows
+    model = SimpleNamespace(config=SimpleNamespace(audio_token_id=audio_id),
+                            lm_head=lambda h: h)  # hidden size 4: the logits themselves
+    ids = torch.tensor([[1, 2] + [audio_id] * (per_window * TASK.windows) + [3]])
+
+    def loss_with_colour_on(window: int) -> float:
+        hidden = torch.zeros(1, ids.shape[1], 4)
+        loud = 2 + window * per_window + torch.arange(per_window // 2)
+        hidden[0, loud, sample.answer] = 60.0  # softmax ~ one-hot
+        return float(audio_colour_loss(model, hidden, ids, [sample]))
+
+    silent_share = 1 - (per_window // 2) / (per_window * TASK.windows)
+    assert loss_with_colour_on(sample.tone) == pytest.approx(silent_share * math.log(4), rel=1e-6)
+    assert loss_with_colour_on(other) > loss_with_colour_on(sample.tone) + 0.5
