@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--heldout", type=int, default=128, metavar="N",
                         help="held-out clips per variant for the final accuracy (default 128)")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="stop training after M minutes (default: run the curriculum out)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -38,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from omnizip.probe.train import train_probe
 
     start = time.perf_counter()
-    model, record = train_probe(args.seed, log=lambda line: print(line, flush=True))
+    model, record = train_probe(
+        args.seed, log=lambda line: print(line, flush=True),
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     task = ProbeTask(**record["task"])
     probe = ProbeModel(model=model, processor=build_probe_processor(task), task=task, record=record)
     row = evaluate(probe, heldout_set(probe, args.heldout))

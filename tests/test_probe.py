@@ -247,28 +247,29 @@ def test_probe_command_refuses_bad_options_in_one_line(capsys, tmp_path, args, m
 
 # ----------------------------------------------------------------------------- training
 
-def test_the_auxiliary_loss_wants_the_tone_tokens_to_name_their_square():
-    """audio_colour_loss: loud tone tokens name the colour of their window's square, every
-    other audio token is neutral. Logits built to say exactly that reach the floor
-    (silent share x ln 4); the same colour said by another window's tokens costs more."""
-    import math
+def test_the_auxiliary_loss_wants_each_windows_audio_to_name_its_square():
+    """audio_colour_loss: every audio token names the colour of its window's square. Logits
+    that say exactly that cost ~0; the same colours one window off cost more; a window
+    without a square (curriculum clips) is left out."""
     from types import SimpleNamespace
 
     from omnizip.probe.train import audio_colour_loss
 
     audio_id, per_window = 7, 50
-    sample = make_sample(TASK, "audio", 11)
-    other = (sample.tone + 1) % TASK.windows
+    samples = [make_sample(TASK, "audio", 11), make_sample(TASK, "visual", 12, distractors=False)]
     model = SimpleNamespace(config=SimpleNamespace(audio_token_id=audio_id),
                             lm_head=lambda h: h)  # hidden size 4: the logits themselves
-    ids = torch.tensor([[1, 2] + [audio_id] * (per_window * TASK.windows) + [3]])
+    ids = torch.tensor([[1, 2] + [audio_id] * (per_window * TASK.windows) + [3]] * 2)
 
-    def loss_with_colour_on(window: int) -> float:
-        hidden = torch.zeros(1, ids.shape[1], 4)
-        loud = 2 + window * per_window + torch.arange(per_window // 2)
-        hidden[0, loud, sample.answer] = 60.0  # softmax ~ one-hot
-        return float(audio_colour_loss(model, hidden, ids, [sample]))
+    def loss_with_colours(shift: int) -> float:
+        hidden = torch.zeros(2, ids.shape[1], 4)
+        for row, sample in enumerate(samples):
+            for w in range(TASK.windows):
+                colour = sample.colours[(w + shift) % TASK.windows]
+                span = slice(2 + w * per_window, 2 + (w + 1) * per_window)
+                hidden[row, span, max(colour, 0)] = 60.0  # softmax ~ one-hot
+        return float(audio_colour_loss(model, hidden, ids, samples))
 
-    silent_share = 1 - (per_window // 2) / (per_window * TASK.windows)
-    assert loss_with_colour_on(sample.tone) == pytest.approx(silent_share * math.log(4), rel=1e-6)
-    assert loss_with_colour_on(other) > loss_with_colour_on(sample.tone) + 0.5
+    assert samples[1].colours.count(-1) == TASK.windows - 1
+    assert loss_with_colours(0) < 1e-6
+    assert loss_with_colours(1) > 1.0

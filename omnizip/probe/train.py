@@ -26,8 +26,6 @@ import torch
 
 from .model import PROBE_SIZES, answer_token_ids, build_probe_model
 from .task import (
-    FLASH_SECONDS,
-    SECONDS_PER_WINDOW,
     VARIANTS,
     ProbeSample,
     ProbeTask,
@@ -103,40 +101,31 @@ def heldout_seeds(n: int) -> list[int]:
 
 def audio_colour_loss(model: Any, hidden: torch.Tensor, input_ids: torch.Tensor,
                       samples: list[ProbeSample]) -> torch.Tensor:
-    """Auxiliary loss: at an inner decoder layer, the audio tokens of the tone name the colour
-    of the square shown with them, and every other audio token names no colour (uniform).
+    """Auxiliary loss: at an inner decoder layer, every audio token names the colour of its
+    window's square (windows without a square are left out).
 
     The audio-led question takes two steps of attention: the tone's audio tokens gather the
-    colour of the square flashed with them, then the last token reads them. Trained on the
-    answer alone the model found neither (audio-led accuracy 0.3-0.47 for hundreds of steps
-    while the visual-only clips reached 0.9-1.0); with every window's audio tokens taught their
-    window's colour it found the first step but not the second (docs/probe.md). With silent
-    tokens neutral, the second step is any attention over the audio tokens.
+    colour of the square flashed in their window, then the last token reads the loud audio
+    tokens. Trained on the answer alone the model found neither (audio-led accuracy 0.3-0.47
+    for hundreds of steps while the visual-only clips reached 0.9-1.0; docs/probe.md). This
+    loss teaches the first step, at a layer early enough (``aux_layer`` of 4) that the later
+    layers can take the second.
 
     Args:
         hidden: ``[B, L, D]`` the decoder's hidden states after ``aux_layer``.
-        input_ids: ``[B, L]``; every row holds the same number of audio tokens.
-        samples: the batch's clips (their ``colours`` and ``tone`` windows).
+        input_ids: ``[B, L]``; every row holds the same number of audio tokens, in window order.
+        samples: the batch's clips (their ``colours``, one per window, -1 without a square).
 
-    Returns: the mean cross-entropy of the answer head's ``[B, A, 4]`` audio-token logits
-    against those targets (floor ``ln 4`` times the silent tokens' share).
+    Returns: the mean cross-entropy of the answer head's ``[B, W, n, 4]`` audio-token logits.
     """
     is_audio = input_ids == model.config.audio_token_id
-    batch, windows = len(samples), len(samples[0].colours)
+    colours = torch.tensor([s.colours for s in samples])  # [B, W]
+    batch, windows = colours.shape
     audio = hidden[is_audio].view(batch, windows, -1, hidden.shape[-1])  # [B, W, n, D]
     logits = model.lm_head(audio)  # [B, W, n, 4]
-    n_answers, per_window = logits.shape[-1], audio.shape[2]
-    colours = torch.tensor([s.colours for s in samples])  # [B, W], -1 without a square
-    tone = torch.tensor([s.tone for s in samples])  # [B]
-    target = torch.full(logits.shape, 1.0 / n_answers)
-    # the tone and the flash fill a window's first FLASH_SECONDS; later tokens stay uniform
-    loud = per_window * FLASH_SECONDS // SECONDS_PER_WINDOW
-    rows = torch.arange(batch)
-    shown = colours[rows, tone] >= 0
-    onehot = torch.nn.functional.one_hot(colours[rows, tone].clamp(min=0), n_answers).float()
-    target[rows[shown], tone[shown], :loud] = onehot[shown, None]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, n_answers),
-                                             target.reshape(-1, n_answers))
+    labels = colours[:, :, None].expand(-1, -1, audio.shape[2])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             labels.reshape(-1), ignore_index=-1)
 
 
 def _lr(settings: TrainSettings, stage: Stage, stage_step: int) -> float:
@@ -151,12 +140,14 @@ def train_probe(
     settings: TrainSettings | None = None,
     log: Callable[[str], None] | None = None,
     sizes: dict[str, int] | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a probe model from the seeded initialisation; returns ``(model, record)``.
 
     ``record`` holds what :func:`omnizip.probe.model.save_probe` stores: seed, sizes, task,
     answer token ids, settings and the history (per stage: steps, seconds, final running
-    accuracy per variant).
+    accuracy per variant). ``max_seconds``: stop training after this long (the record says
+    so: ``"stopped": "time limit"``), else the curriculum runs to its end.
     """
     task = task or ProbeTask()
     settings = settings or TrainSettings()
@@ -167,7 +158,13 @@ def train_probe(
     history: list[dict[str, Any]] = []
     step = 0
     start = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return max_seconds is not None and time.perf_counter() - start > max_seconds
+
     for stage in settings.stages:
+        if out_of_time():
+            break
         clip_task = replace(task, windows=stage.windows or task.windows)
         if clip_task.windows not in processors:
             processors[clip_task.windows] = build_probe_processor(clip_task)
@@ -180,7 +177,7 @@ def train_probe(
             optimiser = torch.optim.AdamW(params, lr=stage.lr, weight_decay=settings.weight_decay)
         recent: list[torch.Tensor] = []  # [batch] correct flags of the last batches
         stage_start, stage_steps = time.perf_counter(), 0
-        while stage_steps < stage.max_steps:
+        while stage_steps < stage.max_steps and not out_of_time():
             samples = [make_sample(clip_task, VARIANTS[row % len(VARIANTS)], s,
                                    distractors=stage.distractors, plain=stage.plain)
                        for row, s in enumerate(training_seeds(seed, step, settings.batch))]
@@ -218,6 +215,7 @@ def train_probe(
         "seed": seed, "sizes": sizes, "task": task.to_dict(), "answer_token_ids": token_ids,
         "settings": {**asdict(settings), "stages": [asdict(s) for s in settings.stages]},
         "history": history, "train_seconds": round(time.perf_counter() - start, 1),
+        "stopped": "time limit" if out_of_time() else "curriculum done",
         "threads": torch.get_num_threads(),
     }
     return model, record
