@@ -7,8 +7,10 @@ Each weights folder is one trained seed (scripts/train_probe.py); all are evalua
 held-out clips. Rows (per seed): all tokens; each method at each retention (the registry's
 non-ablation methods, plus ``omnizip-no-dynamic``: OmniZip without audio guidance of the video
 ratios); OmniZip with ``retention_split="shift"`` and ``"even"``; OmniZip's causal stream
-configuration when the installed OmniZipConfig has ``causal``; and every in-decoder method at
-the retention whose decoder FLOPs equal a pre-decoder method's at each retention. Prints
+configuration (``causal=True``); every method whose decoder cost differs from a pre-decoder
+method's at the same retention (FastV, SEATS) again at the retention predicted to cost the same
+(``@FLOPs``: the count model of ``omnizip bench --flops-ratio``); and the causal configuration at
+the retention that makes it keep the asked share (``omnizip causal @FLOPs``). Prints
 markdown tables of the mean accuracy with its spread (min-max) over the seeds; the JSON keeps
 every row.
 """
@@ -32,6 +34,7 @@ from omnizip.probe.evaluate import (
     default_methods,
     evaluate,
     heldout_set,
+    predicted_flops,
     probe_method,
     retention_at_flops,
 )
@@ -43,8 +46,6 @@ SPLITS = ("shift", "even")
 def rows_for(probe: Any, heldout: Any, retentions: list[float], methods: list[str],
              log: Any) -> list[dict[str, Any]]:
     rows = [evaluate(probe, heldout)]
-    full = rows[0]
-    counts = (None,)
     for name in methods:
         for r in retentions:
             log(f"{name} {r}")
@@ -60,29 +61,30 @@ def rows_for(probe: Any, heldout: Any, retentions: list[float], methods: list[st
             rows.append(evaluate(probe, heldout, probe_method("omnizip", r, causal=True,
                                                               budget="reference"),
                                  "omnizip causal", r))
-    # equal FLOPs: in-decoder methods at the retention that costs what pre-decoder ones do
-    ids = next(iter(heldout.batches.values()))[0][0]["input_ids"][0]
-    cfg = probe.model.config
-    n_audio = int((ids == cfg.audio_token_index).sum())
-    n_video = int((ids == cfg.video_token_index).sum())
-    counts = (int(ids.numel()) - n_audio - n_video, n_audio, n_video)
+    # equal FLOPs: every method whose predicted decoder cost at a retention differs from a
+    # pre-decoder method's (random's) is re-run at the retention predicted to cost the same
+    # (the count model of omnizip bench --flops-ratio): FastV, SEATS
     for name in methods:
-        layer = probe_method(name, 0.5).in_decoder_layer
-        if layer is None:
-            continue
         for r in retentions:
-            target = next(x["flops_ratio"] for x in rows if x["method"] == "random"
-                          and x["retention"] == r) if "random" in methods else r
-            match = retention_at_flops(cfg, counts, target, layer)
-            row = {"method": f"{name} @FLOPs", "retention": r, "flops_target": target,
-                   "matched_retention": match}
-            if match is not None:
-                log(f"{name} at FLOPs {target:.3f}: retention {match:.3f}")
-                row.update({k: v for k, v in evaluate(probe, heldout, probe_method(name, match),
-                                                       name, match).items()
-                            if k not in ("method", "retention")})
+            target = predicted_flops(probe, heldout, "random", r)
+            if abs(predicted_flops(probe, heldout, name, r) - target) < 0.005:
+                continue
+            match, predicted = retention_at_flops(probe, heldout, name, target)
+            log(f"{name} at FLOPs {target:.3f}: retention {match:.3f} (predicted {predicted:.3f})")
+            row = evaluate(probe, heldout, probe_method(name, match), f"{name} @FLOPs", r)
+            row.update(flops_target=target, matched_retention=match)
             rows.append(row)
-    del full
+    # the causal configuration resolves its ratios from the first window's mix, so it keeps a
+    # different share than asked: one secant step on the measured kept share matches it
+    causal = {x["retention"]: x for x in rows if x["method"] == "omnizip causal"}
+    for r, first in causal.items():
+        match = min(1.0, r * r / first["kept"])
+        log(f"omnizip causal at kept {r}: retention {match:.3f}")
+        row = evaluate(probe, heldout, probe_method("omnizip", match, causal=True,
+                                                    budget="reference"),
+                       "omnizip causal @FLOPs", r)
+        row.update(matched_retention=match)
+        rows.append(row)
     return rows
 
 

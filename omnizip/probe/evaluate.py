@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..flops import flops_ratio
+from ..flops import decoder_dims, run_macs
 from ..methods import METHODS, get_method
 from ..patch import patch
 from .model import ProbeModel
@@ -37,6 +37,7 @@ __all__ = [
     "default_methods",
     "evaluate",
     "heldout_set",
+    "predicted_flops",
     "probe_method",
     "retention_at_flops",
     "sweep",
@@ -96,12 +97,31 @@ def _counts(inputs: Any, config: Any) -> tuple[int, int, int]:
     return int(ids.numel()) - n_audio - n_video, n_audio, n_video
 
 
+def _row_macs(dims: Any, handle: Any, inputs: Any) -> tuple[int, int]:
+    """(compressed, full) decoder MACs summed over a batch's rows: what each layer saw."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    lengths = (mask.sum(-1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1]))
+    full = sum(run_macs(dims, int(n)) for n in lengths.tolist())
+    if handle is None or not handle.results:
+        return full, full
+    if handle.layer_tokens is not None:  # in-decoder pruning (FastV, SEATS)
+        return sum(run_macs(dims, 0, layer_tokens=t) for t in handle.layer_tokens), full
+    return sum(run_macs(dims, int(k)) for k in
+               (len(idx) for idx in handle.kept_indices)), full
+
+
 def evaluate(probe: ProbeModel, heldout: HeldOut, method: Any = None,
              name: str = FULL, retention: float = 1.0) -> dict[str, Any]:
-    """One row: ``method`` (None: all tokens) on every held-out clip."""
+    """One row: ``method`` (None: all tokens) on every held-out clip.
+
+    ``kept*`` are shares of the audio + video tokens the method kept (for in-decoder methods,
+    what reached the layers after their pruning); ``flops_ratio`` is the decoder prefill cost
+    over the full run's, from the tokens every layer saw (:func:`omnizip.flops.run_macs`).
+    """
     model = probe.model
+    dims = decoder_dims(model)
     correct: dict[str, int] = {}
-    totals = {"text": 0, "audio": 0, "video": 0, "kept_audio": 0, "kept_video": 0}
+    totals = {"audio": 0, "video": 0, "kept_audio": 0, "kept_video": 0, "macs": 0, "full_macs": 0}
     handle = patch(model, method) if method is not None else None
     try:
         for variant, batches in heldout.batches.items():
@@ -110,8 +130,7 @@ def evaluate(probe: ProbeModel, heldout: HeldOut, method: Any = None,
                 with torch.no_grad():
                     logits = model(**inputs, use_audio_in_video=True).logits
                 correct[variant] += int((logits[:, -1].argmax(-1) == answers).sum())
-                n_text, n_audio, n_video = _counts(inputs, model.config)
-                totals["text"] += n_text
+                _, n_audio, n_video = _counts(inputs, model.config)
                 totals["audio"] += n_audio
                 totals["video"] += n_video
                 if handle is not None and handle.results:
@@ -120,27 +139,23 @@ def evaluate(probe: ProbeModel, heldout: HeldOut, method: Any = None,
                 else:
                     totals["kept_audio"] += n_audio
                     totals["kept_video"] += n_video
+                macs, full = _row_macs(dims, handle, inputs)
+                totals["macs"] += macs
+                totals["full_macs"] += full
     finally:
         if handle is not None:
             handle.remove()
-    layer = getattr(method, "in_decoder_layer", None) if method is not None else None
     n = heldout.n_per_variant
-    n_rows = heldout.size
-    ratio = flops_ratio(
-        model.config, totals["text"] // n_rows, totals["audio"] // n_rows,
-        totals["video"] // n_rows, round(totals["kept_audio"] / n_rows),
-        round(totals["kept_video"] / n_rows), prune_layer=layer,
-    )
     return {
         "method": name,
         "retention": retention,
         "kept": (totals["kept_audio"] + totals["kept_video"]) / (totals["audio"] + totals["video"]),
         "kept_audio": totals["kept_audio"] / totals["audio"],
         "kept_video": totals["kept_video"] / totals["video"],
-        "accuracy": sum(correct.values()) / n_rows,
+        "accuracy": sum(correct.values()) / heldout.size,
         "accuracy_by_variant": {v: c / n for v, c in correct.items()},
-        "flops_ratio": ratio,
-        "n": n_rows,
+        "flops_ratio": totals["macs"] / totals["full_macs"],
+        "n": heldout.size,
     }
 
 
@@ -161,31 +176,49 @@ def sweep(
     return rows
 
 
-def retention_at_flops(config: Any, counts: tuple[int, int, int], target: float,
-                       prune_layer: int | None) -> float | None:
-    """The retention at which a method pruning after ``prune_layer`` (None: before the decoder)
-    costs ``target`` of the full decoder FLOPs (:func:`omnizip.flops.flops_ratio`), for one
-    prompt of ``counts = (text, audio, video)`` tokens; None when no retention reaches it.
+def predicted_flops(probe: ProbeModel, heldout: HeldOut, name: str, retention: float,
+                    **options: Any) -> float:
+    """Method ``name``'s decoder prefill cost at ``retention`` over the full run's, predicted
+    from token counts on the held-out prompts' layout by the count model of ``omnizip bench
+    --flops-ratio`` (:func:`omnizip.bench.compare.predicted_layer_tokens`: a pre-decoder
+    method keeps ``round(retention * N)`` tokens in every layer, FastV all of them before its
+    layer, SEATS its schedule's counts)."""
+    from ..bench.compare import predicted_layer_tokens
+    from ..models.frames import tokens_per_frame_from_grid
 
-    The cost depends only on how many tokens are kept, so this bisects on the kept count.
+    model = probe.model
+    dims = decoder_dims(model)
+    inputs = next(iter(heldout.batches.values()))[0][0]
+    ids = inputs["input_ids"][0]
+    cfg = model.config
+    per_frame = tokens_per_frame_from_grid(
+        ids[None], torch.ones(1, ids.numel(), dtype=torch.bool), inputs["video_grid_thw"][:1],
+        int(cfg.video_token_id), int(cfg.vision_config.spatial_merge_size))[0]
+    tokens = predicted_layer_tokens(probe_method(name, retention, **options), ids,
+                                    audio_id=int(cfg.audio_token_id),
+                                    video_id=int(cfg.video_token_id),
+                                    tokens_per_frame=per_frame, n_layers=dims.layers)
+    return run_macs(dims, 0, layer_tokens=tokens) / run_macs(dims, int(ids.numel()))
+
+
+def retention_at_flops(probe: ProbeModel, heldout: HeldOut, name: str, target: float,
+                       **options: Any) -> tuple[float, float]:
+    """(retention, predicted FLOPs ratio): the ``retention`` at which method ``name`` is
+    predicted (:func:`predicted_flops`) to cost ``target`` of the full decoder prefill.
+
+    Bisection on the retention, whose predicted cost never falls as it grows. A target a
+    method cannot reach (FastV below the cost of its full first layers) gives the closest it
+    gets.
     """
-    n_text, n_audio, n_video = counts
-    total = n_audio + n_video
+    def predicted(retention: float) -> float:
+        return predicted_flops(probe, heldout, name, retention, **options)
 
-    def ratio(kept: int) -> float:
-        kept_audio = min(kept, n_audio)
-        return flops_ratio(config, n_text, n_audio, n_video, kept_audio, kept - kept_audio,
-                           prune_layer=prune_layer)
-
-    if ratio(0) > target + 1e-12:
-        return None
-    lo, hi = 0, total  # ratio(lo) <= target
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ratio(mid) <= target + 1e-12:
-            lo = mid
-        else:
-            hi = mid
-    kept = hi if ratio(hi) <= target + 1e-12 else lo
-    return kept / total if kept else None
-
+    lo, hi = 1e-3, 1.0
+    best = min(((r, predicted(r)) for r in (lo, hi)), key=lambda p: abs(p[1] - target))
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        got = predicted(mid)
+        if abs(got - target) < abs(best[1] - target):
+            best = (mid, got)
+        lo, hi = (mid, hi) if got < target else (lo, mid)
+    return best
