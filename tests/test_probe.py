@@ -88,6 +88,8 @@ def test_bad_task_settings_are_refused_by_name():
         ProbeTask(frame_size=100)
     with pytest.raises(ValueError, match="windows must be an int >= 1"):
         ProbeTask(windows=0)
+    with pytest.raises(ValueError, match="tone_seconds must be 1 or 2, got 3"):
+        ProbeTask(tone_seconds=3)
     with pytest.raises(ValueError, match="variant must be one of"):
         make_sample(TASK, "speech", 0)
 
@@ -160,14 +162,42 @@ def test_committed_weights_answer_the_heldout_clips(full_row):
         assert accuracy >= 0.9, (variant, full_row)
 
 
-def test_the_probe_discriminates_random_pruning(probe, heldout, full_row):
-    """Random pruning to 25% loses the flashed square often enough to cost clearly."""
+@pytest.fixture(scope="module")
+def random_row(probe, heldout):
     from omnizip.probe.evaluate import evaluate, probe_method
 
-    row = evaluate(probe, heldout, probe_method("random", 0.25), "random", 0.25)
-    assert row["kept"] == pytest.approx(0.25, abs=0.01)
-    assert row["kept_audio"] == pytest.approx(0.25, abs=0.01)
-    assert row["accuracy"] <= full_row["accuracy"] - RANDOM_MARGIN, (row, full_row)
+    return evaluate(probe, heldout, probe_method("random", 0.25), "random", 0.25)
+
+
+def test_the_probe_discriminates_random_pruning(random_row, full_row):
+    """Random pruning to 25% loses the flashed square often enough to cost clearly."""
+    assert random_row["kept"] == pytest.approx(0.25, abs=0.01)
+    assert random_row["kept_audio"] == pytest.approx(0.25, abs=0.01)
+    assert random_row["accuracy"] <= full_row["accuracy"] - RANDOM_MARGIN, (random_row, full_row)
+
+
+def test_flops_count_what_the_decoder_saw(probe, heldout, random_row):
+    """A pre-decoder method's measured cost is its kept prompt's (every clip: text + kept audio
+    and video), and the count model's prediction agrees with it; FastV's prediction counts its
+    full first layer."""
+    from omnizip.flops import run_macs
+    from omnizip.probe.evaluate import predicted_flops
+
+    def lengths(variant: str) -> tuple[int, int]:  # (prompt, kept prompt) of a variant's rows
+        ids = heldout.batches[variant][0][0]["input_ids"][0]
+        n_media = int(((ids == 151646) | (ids == 151656)).sum())
+        return int(ids.numel()), int(ids.numel()) - n_media + round(0.25 * n_media)
+
+    macs = {v: [run_macs(probe.model, n) for n in lengths(v)] for v in heldout.batches}
+    measured = sum(k for _, k in macs.values()) / sum(f for f, _ in macs.values())
+    assert random_row["flops_ratio"] == pytest.approx(measured, rel=1e-3)
+    length, kept = lengths("audio")
+    layers = probe.model.config.text_config.num_hidden_layers
+    expected = run_macs(probe.model, kept) / run_macs(probe.model, length)
+    assert predicted_flops(probe, heldout, "random", 0.25) == pytest.approx(expected, rel=1e-9)
+    fastv = (run_macs(probe.model, length) + (layers - 1) * run_macs(probe.model, kept)
+             ) / layers / run_macs(probe.model, length)
+    assert predicted_flops(probe, heldout, "fastv", 0.25) == pytest.approx(fastv, rel=0.02)
 
 
 RANDOM_MARGIN = 0.2

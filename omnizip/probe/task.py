@@ -73,6 +73,7 @@ class ProbeTask:
     frame_size: int = 168
     noise: float = 0.02
     tone_amplitude: float = 0.3
+    tone_seconds: int = 1  # from the window's start: 1 (with the flash) or 2 (the whole window)
 
     def __post_init__(self) -> None:
         if isinstance(self.windows, bool) or not isinstance(self.windows, int) or self.windows < 1:
@@ -81,6 +82,8 @@ class ProbeTask:
                 or self.frame_size < 2 * CELL or self.frame_size % CELL):
             raise ValueError(f"frame_size must be a multiple of {CELL} >= {2 * CELL}, got "
                              f"{self.frame_size!r}")
+        if self.tone_seconds not in (1, 2):
+            raise ValueError(f"tone_seconds must be 1 or 2, got {self.tone_seconds!r}")
 
     @property
     def cells(self) -> int:
@@ -171,7 +174,7 @@ def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: float 
             block[:, inner:CELL - inner, inner:CELL - inner] = 245
     n_samples = task.seconds * SAMPLING_RATE
     audio = rng.standard_normal(n_samples, dtype=np.float32) * task.noise
-    tone_len = FLASH_SECONDS * SAMPLING_RATE
+    tone_len = task.tone_seconds * SAMPLING_RATE
     start = tone * SECONDS_PER_WINDOW * SAMPLING_RATE
     pitch = rng.uniform(500, 1500)
     t = np.arange(tone_len) / SAMPLING_RATE
