@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out clips per variant for the final accuracy (default 128)")
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="stop training after M minutes (default: run the curriculum out)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="go on training the run saved in DIR (stopped by --max-minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -40,8 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     from omnizip.probe.train import train_probe
 
     start = time.perf_counter()
+    resume = None
+    if args.resume is not None:
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        resume = (load_file(str(Path(args.resume) / "probe.safetensors")),
+                  json.loads((Path(args.resume) / "probe.json").read_text()))
+        if resume[1]["seed"] != args.seed:
+            parser.error(f"--resume {args.resume}: trained with seed {resume[1]['seed']}, "
+                         f"not --seed {args.seed}")
     model, record = train_probe(
-        args.seed, log=lambda line: print(line, flush=True),
+        args.seed, resume=resume, log=lambda line: print(line, flush=True),
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     task = ProbeTask(**record["task"])
     probe = ProbeModel(model=model, processor=build_probe_processor(task), task=task, record=record)

@@ -141,13 +141,17 @@ def train_probe(
     log: Callable[[str], None] | None = None,
     sizes: dict[str, int] | None = None,
     max_seconds: float | None = None,
+    resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a probe model from the seeded initialisation; returns ``(model, record)``.
 
     ``record`` holds what :func:`omnizip.probe.model.save_probe` stores: seed, sizes, task,
     answer token ids, settings and the history (per stage: steps, seconds, final running
     accuracy per variant). ``max_seconds``: stop training after this long (the record says
-    so: ``"stopped": "time limit"``), else the curriculum runs to its end.
+    so: ``"stopped": "time limit"``), else the curriculum runs to its end. ``resume``:
+    ``(trained parameters, record)`` of a run stopped by its time limit; training goes on where
+    it stopped (same clip stream, the stage's remaining steps; a fresh optimiser, warmed up
+    again) and the record's history grows by the resumed part.
     """
     task = task or ProbeTask()
     settings = settings or TrainSettings()
@@ -157,12 +161,21 @@ def train_probe(
     model = None
     history: list[dict[str, Any]] = []
     step = 0
+    stages = list(settings.stages)
+    if resume is not None:
+        done = resume[1]["history"]
+        history = [dict(h) for h in done]
+        step = sum(h["steps"] for h in done)
+        # the stage it stopped in, with the steps it has left; the stages after it
+        at = len(done) - 1
+        left = stages[at].max_steps - sum(h["steps"] for h in done if h["stage"] == stages[at].name)
+        stages = [replace(stages[at], max_steps=max(left, 0)), *stages[at + 1:]]
     start = time.perf_counter()
 
     def out_of_time() -> bool:
         return max_seconds is not None and time.perf_counter() - start > max_seconds
 
-    for stage in settings.stages:
+    for stage in stages:
         if out_of_time():
             break
         clip_task = replace(task, windows=stage.windows or task.windows)
@@ -172,6 +185,8 @@ def train_probe(
         if model is None:
             token_ids = answer_token_ids(processor.tokenizer)
             model = build_probe_model(seed, token_ids, sizes)
+            if resume is not None:
+                model.load_state_dict(resume[0], strict=False)
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
             optimiser = torch.optim.AdamW(params, lr=stage.lr, weight_decay=settings.weight_decay)
@@ -207,6 +222,7 @@ def train_probe(
             if len(recent) == settings.window and float(running.mean()) >= stage.accuracy:
                 break
         history.append({"stage": stage.name, "steps": stage_steps,
+                        **({"resumed": True} if resume is not None else {}),
                         "running_accuracy": round(float(running.mean()), 4),
                         "running_by_variant": {v: round(a, 4) for v, a in by_variant.items()},
                         "seconds": round(time.perf_counter() - stage_start, 1)})
@@ -214,7 +230,9 @@ def train_probe(
     record = {
         "seed": seed, "sizes": sizes, "task": task.to_dict(), "answer_token_ids": token_ids,
         "settings": {**asdict(settings), "stages": [asdict(s) for s in settings.stages]},
-        "history": history, "train_seconds": round(time.perf_counter() - start, 1),
+        "history": history,
+        "train_seconds": round(time.perf_counter() - start
+                               + (resume[1]["train_seconds"] if resume is not None else 0.0), 1),
         "stopped": "time limit" if out_of_time() else "curriculum done",
         "threads": torch.get_num_threads(),
     }
