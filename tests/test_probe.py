@@ -220,7 +220,8 @@ def test_the_weights_file_holds_only_the_trained_parameters(probe):
 
     fresh = build_probe_model(probe.record["seed"], probe.record["answer_token_ids"],
                               probe.record["sizes"])
-    assert torch.equal(fresh.model.embed_tokens.weight, probe.model.model.embed_tokens.weight)
+    assert torch.equal(fresh.get_input_embeddings().weight,
+                       probe.model.get_input_embeddings().weight)
 
 
 def test_load_probe_refuses_missing_or_mismatched_files(tmp_path):
