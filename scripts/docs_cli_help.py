@@ -29,19 +29,31 @@ def doc_pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def cli_help(command: str) -> str:
-    """What ``<command> --help`` prints (``command`` is ``omnizip`` or ``omnizip SUBCOMMAND``),
-    formatted for a terminal ``WIDTH`` columns wide."""
+def _parser():
     sys.path.insert(0, str(ROOT))
     from omnizip.cli.app import build_parser
 
+    return build_parser()
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def commands() -> list[str]:
+    """``omnizip`` and ``omnizip SUBCOMMAND`` for every subcommand, in ``--help`` order."""
+    return ["omnizip", *(f"omnizip {name}" for name in _subcommands(_parser()))]
+
+
+def cli_help(command: str) -> str:
+    """What ``<command> --help`` prints (``command`` is ``omnizip`` or ``omnizip SUBCOMMAND``),
+    formatted for a terminal ``WIDTH`` columns wide."""
     words = command.split()
     if not words or words[0] != "omnizip":
         raise ValueError(f"cli-help marker: expected 'omnizip [SUBCOMMAND]', got {command!r}")
-    parser = build_parser()
+    parser = _parser()
     for word in words[1:]:
-        subcommands = next((a.choices for a in parser._actions
-                            if isinstance(a, argparse._SubParsersAction)), {})
+        subcommands = _subcommands(parser)
         if word not in subcommands:
             raise ValueError(f"cli-help marker {command!r}: {word!r} is not one of {sorted(subcommands)}")
         parser = subcommands[word]

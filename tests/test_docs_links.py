@@ -97,10 +97,15 @@ QUOTED = [(rel(page), command, body) for page in PAGES
 
 
 def test_help_texts_are_quoted_with_their_marker():
-    """docs/cli.md quotes the help of the command and of every subcommand, each block with its
-    marker; no page quotes a help text without one."""
-    assert {"omnizip", "omnizip run", "omnizip inspect", "omnizip bench", "omnizip eval",
-            "omnizip stream"} <= {command for page, command, _ in QUOTED if page == "docs/cli.md"}
+    """docs/cli.md quotes the help of the command and of every subcommand the parser has (a new
+    subcommand needs its marked block there), each block with its marker; no page quotes a help
+    text without one."""
+    in_cli_md = {command for page, command, _ in QUOTED if page == "docs/cli.md"}
+    assert {"omnizip run", "omnizip stream", "omnizip inspect", "omnizip bench", "omnizip eval"} <= set(
+        docs_cli_help.commands())
+    missing = [c for c in docs_cli_help.commands() if c not in in_cli_md]
+    assert not missing, (f"docs/cli.md quotes no --help of {missing}: add '<!-- cli-help: COMMAND -->' "
+                         "and an empty ```text block, then run python scripts/docs_cli_help.py --write")
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
         assert text.count("<!-- cli-help:") == len(docs_cli_help.quoted(text)), (
@@ -116,3 +121,17 @@ def test_help_texts_are_quoted_with_their_marker():
 def test_quoted_help_is_the_parsers(page, command, body):
     assert body == docs_cli_help.cli_help(command), (
         f"{page}: `{command} --help` changed; run python scripts/docs_cli_help.py --write")
+
+
+def test_the_help_check_sees_a_stale_text():
+    """A quoted text that is not the parser's is found, and regenerating replaces it; a marker
+    naming no subcommand is an error that names it."""
+    text = "intro\n<!-- cli-help: omnizip run -->\n```text\nusage: omnizip run [OLD]\n```\nafter\n"
+    (command, body), = docs_cli_help.quoted(text)
+    assert command == "omnizip run" and body == "usage: omnizip run [OLD]\n"
+    assert body != docs_cli_help.cli_help(command)
+    fresh = docs_cli_help.regenerate(text)
+    assert docs_cli_help.quoted(fresh) == [("omnizip run", docs_cli_help.cli_help("omnizip run"))]
+    assert fresh.startswith("intro\n") and fresh.endswith("```\nafter\n")
+    with pytest.raises(ValueError, match="'nosuch' is not one of"):
+        docs_cli_help.cli_help("omnizip nosuch")
