@@ -135,3 +135,18 @@ def test_the_help_check_sees_a_stale_text():
     assert fresh.startswith("intro\n") and fresh.endswith("```\nafter\n")
     with pytest.raises(ValueError, match="'nosuch' is not one of"):
         docs_cli_help.cli_help("omnizip nosuch")
+
+
+def test_the_readme_is_a_front_page_that_links_every_page():
+    """README.md stays a front page (at most 350 lines) and links every docs/*.md page, so a
+    page added later is reachable from it (docs/README.md, the index, links them too)."""
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 350, "README.md is the front page: move details to docs/"
+    for index in (readme, ROOT / "docs" / "README.md"):
+        linked = {(index.parent / target.partition("#")[0]).resolve()
+                  for _, target in links(index.read_text(encoding="utf-8"))
+                  if not SCHEME.match(target) and target.partition("#")[0]}
+        unlinked = [rel(page) for page in PAGES if page.parent.name == "docs" and page != index
+                    and page.resolve() not in linked]
+        assert not unlinked, f"{rel(index)} links no {unlinked}"
