@@ -14,7 +14,10 @@ Pages: README.md and every ``docs/*.md`` (by glob, so pages added later are cove
   ```text block; the block must equal what ``omnizip run --help`` prints on a terminal
   ``scripts/docs_cli_help.WIDTH`` (100) columns wide. ``python scripts/docs_cli_help.py --write``
   regenerates every marked block from the parser. A block that starts like a help text
-  (``usage: omnizip``) without the marker fails, so no help text is quoted unchecked.
+  (``usage: omnizip``) without the marker fails, so no help text is quoted unchecked; and
+  docs/cli.md quotes the help of every subcommand the parser has.
+* **Front page.** README.md has at most 350 lines, and it and docs/README.md (the index) link
+  every ``docs/*.md`` page.
 """
 
 from __future__ import annotations
