@@ -145,7 +145,7 @@ def make_sample(task: ProbeTask, variant: str, seed: int, *, distractors: float 
     Args:
         distractors: opacity of the distractor squares over the background, in [0, 1]: 1 the
             full task, 0 (or False) only the target window shows a square; the curriculum
-            fades the distractors in.
+            could fade the distractors in (the committed curriculum does not: docs/probe.md).
         plain: a plain grey background instead of the random gradient (curriculum).
     """
     if variant not in VARIANTS:
