@@ -60,7 +60,7 @@ RUN = [(line, src) for line, src in BLOCKS if opt_out_reason(src) is None and no
 NOT_RUN = [(line, src, opt_out_reason(src)) for line, src in BLOCKS if opt_out_reason(src) is not None]
 
 #: docs topic pages whose blocks run like the README's (same opt-out rule, no server blocks)
-DOC_PAGES = [ROOT / "docs" / "streaming.md"]
+DOC_PAGES = [ROOT / "docs" / "streaming.md", ROOT / "docs" / "serving_streams.md"]
 DOC_BLOCKS = [(page.relative_to(ROOT).as_posix(), line, src) for page in DOC_PAGES
               for line, src in python_blocks(page.read_text(encoding="utf-8"))]
 DOC_RUN = [(page, line, src) for page, line, src in DOC_BLOCKS if opt_out_reason(src) is None]
