@@ -89,25 +89,30 @@ def _chunks(frames: np.ndarray, audio: np.ndarray, seconds: float) -> list[tuple
 @pytest.fixture(scope="module")
 def stream_setup(tmp_path_factory):
     from transformers import AutoProcessor
-    from transformers.video_utils import load_video
-
-    from omnizip.demo.media import load_audio_track
 
     work = tmp_path_factory.mktemp("vllm_streams")
     ckpt = _save_checkpoint(work / "ckpt")
     processor = AutoProcessor.from_pretrained(ckpt)
-    streams = {}
-    for name, speech in (("s", "One two three four five six seven eight."), ("t", "Hello there.")):
-        clip = textured_clip(work / f"{name}.mp4", seconds=CHUNK_SECONDS * N_CHUNKS, speech=speech)
-        frames, _ = load_video(str(clip), fps=2, backend="pyav")
-        audio = load_audio_track(clip, 16000).astype(np.float32)
-        chunks = []
-        for i, (f, a) in enumerate(_chunks(frames, audio, CHUNK_SECONDS)):
-            path = work / f"{name}{i}.npz"
-            np.savez(path, frames=f, audio=a)
-            chunks.append({"frames": f, "audio": a, "npz": str(path)})
-        streams[name] = chunks
+    streams = {name: _cut_stream(work, name, CHUNK_SECONDS * N_CHUNKS, CHUNK_SECONDS, speech)
+               for name, speech in (("s", "One two three four five six seven eight."),
+                                    ("t", "Hello there."))}
     return {"work": work, "ckpt": ckpt, "processor": processor, "streams": streams}
+
+
+def _cut_stream(work, name: str, seconds: float, chunk: float, speech: str) -> list[dict]:
+    from transformers.video_utils import load_video
+
+    from omnizip.demo.media import load_audio_track
+
+    clip = textured_clip(work / f"{name}.mp4", seconds=seconds, speech=speech)
+    frames, _ = load_video(str(clip), fps=2, backend="pyav")
+    audio = load_audio_track(clip, 16000).astype(np.float32)
+    chunks = []
+    for i, (f, a) in enumerate(_chunks(frames, audio, chunk)):
+        path = work / f"{name}{i}.npz"
+        np.savez(path, frames=f, audio=a)
+        chunks.append({"frames": f, "audio": a, "npz": str(path)})
+    return chunks
 
 
 def _stream_request(setup, name: str, n: int, salt: str) -> tuple[dict, list]:
@@ -230,3 +235,46 @@ def test_four_concurrent_streams_equal_hf_per_item(stream_runs):
         assert got["prompt_len"] == hf["embeds"].shape[0]
         assert got["tokens"] == hf["tokens"], (name, n)
         assert np.allclose(got["logprobs"], hf["logprobs"], atol=1e-3, rtol=0), (name, n)
+
+
+QWEN3_CHUNK_SECONDS = 8.0  # the tiny Qwen3-Omni's audio-encoder span (n_window_infer 800 mel frames)
+
+
+@pytest.fixture(scope="module")
+def qwen3_stream_runs(stream_setup):
+    """Qwen3-Omni (time-merged layout, DeepStack features, MoE decoder): one 16-s stream in two
+    8-s chunks, asked after each chunk with one cache salt; chunked prefill on."""
+    from transformers import AutoProcessor
+
+    work = stream_setup["work"]
+    ckpt = _save_checkpoint(work / "ckpt-qwen3", "qwen3-omni")
+    setup3 = {"work": work, "ckpt": ckpt, "processor": AutoProcessor.from_pretrained(ckpt),
+              "streams": {"q": _cut_stream(work, "q", 2 * QWEN3_CHUNK_SECONDS, QWEN3_CHUNK_SECONDS,
+                                           "One two three four five.")}}
+    requests, hf_items = [], {}
+    for n in (1, 2):
+        req, items = _stream_request(setup3, "q", n, salt="stream-q")
+        requests.append(req)
+        hf_items[req["name"]] = items
+    spec = {"model": str(ckpt), "family": "qwen3-omni", "omnizip": CONFIG,
+            "max_num_batched_tokens": PREFILL_CHUNK, "max_tokens": MAX_TOKENS, "max_items": 2,
+            "requests": requests}
+    vllm = _capture(setup3, spec, "streams-qwen3")
+    thinker = _load_hf_thinker(ckpt, "qwen3-omni")
+    hf = {name: _hf_run(thinker, setup3["processor"], items) for name, items in hf_items.items()}
+    return {"hf": hf, "vllm": vllm}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_qwen3_stream_equals_hf_per_item(qwen3_stream_runs, n):
+    hf, got = qwen3_stream_runs["hf"][f"q{n}"], qwen3_stream_runs["vllm"]["single"][f"q{n}"]
+    assert got["prompt_len"] == hf["embeds"].shape[0]
+    cached = got["cached"]
+    assert (cached > 0) == (n > 1)  # the second question reuses the first chunk's blocks
+    hf_positions = hf["positions"][:, cached:]
+    assert torch.equal(hf_positions, hf_positions.round())  # integral at 2 fps (13 ids/s)
+    assert torch.equal(got["positions"], hf_positions.to(got["positions"].dtype))
+    assert torch.allclose(got["embeds"], hf["embeds"][cached:].float(), atol=1e-4, rtol=1e-4), (
+        f"max |diff| {(got['embeds'] - hf['embeds'][cached:]).abs().max():.3g}")
+    assert got["tokens"] == hf["tokens"]
+    assert np.allclose(got["logprobs"], hf["logprobs"], atol=1e-3, rtol=0)
