@@ -337,7 +337,14 @@ def streams_main(args: argparse.Namespace) -> int:
     for mode in args.modes.split(","):
         log = args.json.with_name(f"{args.json.stem}-server-{mode}.log")
         print(f"[{mode}] starting the server (log: {log})", flush=True)
-        with Server(python, model, mode, args, log) as server:
+        server = Server(python, model, mode, args, log)
+        if mode == "off":
+            # vLLM 0.32's own Qwen-Omni processor caches a video and its audio separately: once
+            # a silent chunk's audio is cached from another chunk while its video is not, it
+            # refuses the request ("Video doesn't have audio track"); without the cache it
+            # serves these streams (the OmniZip plugin caches the pair together)
+            server.cmd += ["--mm-processor-cache-gb", "0"]
+        with server:
             print(f"[{mode}] {args.streams} concurrent streams of {args.stream_seconds:.0f} s", flush=True)
             runs[mode] = asyncio.run(run_streams(server.url, streams, warmup, args.max_tokens, server,
                                                  metric, total_blocks))
