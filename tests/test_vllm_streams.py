@@ -15,16 +15,22 @@ three questions of one stream sharing a cache salt, then four streams sent at on
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_vllm_equivalence import (
+    ROOT,
     _capture,
     _load_hf_thinker,
     _prompt,
     _save_checkpoint,
     textured_clip,
+    vllm_python,
 )
 
 from omnizip.config import OmniZipConfig
@@ -278,3 +284,57 @@ def test_qwen3_stream_equals_hf_per_item(qwen3_stream_runs, n):
         f"max |diff| {(got['embeds'] - hf['embeds'][cached:]).abs().max():.3g}")
     assert got["tokens"] == hf["tokens"]
     assert np.allclose(got["logprobs"], hf["logprobs"], atol=1e-3, rtol=0)
+
+
+DRIVE_STREAMING_INPUT = Path(__file__).resolve().parent / "vllm" / "drive_streaming_input.py"
+
+
+@pytest.fixture(scope="module")
+def streaming_input(stream_setup):
+    """The same stream through vLLM's streaming-input path (one resumable ``AsyncLLM`` request,
+    tests/vllm/drive_streaming_input.py): chunk 0 (1 token, dropped by vLLM), chunk 1 and the
+    question, then a new user turn with chunk 2 and the question again."""
+    processor, chunks = stream_setup["processor"], stream_setup["streams"]["s"]
+    full = _prompt(processor, [{"type": "video"}] * 2 + [{"type": "text", "text": QUESTION}])
+    video = "<|vision_bos|><|VIDEO|><|vision_eos|>"
+    head, rest = full.split(video, 1)
+    ask = rest.split(video, 1)[1]  # the question and the assistant header
+    turn = "<|im_end|>\n<|im_start|>user\n"
+    spec = {"model": str(stream_setup["ckpt"]), "omnizip": CONFIG, "inputs": [
+        {"prompt": head + video, "chunks": [chunks[0]["npz"]], "max_tokens": 1},
+        {"prompt": video + ask, "chunks": [chunks[1]["npz"]], "max_tokens": MAX_TOKENS},
+        {"prompt": turn + video + ask, "chunks": [chunks[2]["npz"]], "max_tokens": MAX_TOKENS},
+    ]}
+    work = stream_setup["work"]
+    (work / "streaming-input.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_LOGGING_LEVEL="WARNING")
+    proc = subprocess.run([vllm_python(), str(DRIVE_STREAMING_INPUT), str(work / "streaming-input.json"),
+                           str(work / "streaming-input-out.json")],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        pytest.fail(f"streaming input failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}", pytrace=False)
+    tokenizer = processor.tokenizer
+    return {"steps": json.loads((work / "streaming-input-out.json").read_text()),
+            "lengths": {name: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                        for name, text in (("turn", turn), ("ask", ask))}}
+
+
+def test_streaming_input_path_carries_chunk_items(streaming_input, stream_runs):
+    """vLLM's resumable streaming-input request takes the chunk items one input at a time:
+    after chunk 1 and the question, the session is the chat route's two-chunk prompt and
+    answers with its greedy tokens; a later input (a new turn with chunk 2) extends the
+    session by the compressed chunk and the question (after what vLLM keeps of the answer)."""
+    steps, single = streaming_input["steps"], stream_runs["vllm"]["single"]
+    assert len(steps) == 3
+    assert steps[1]["prompt_len"] == single["s2"]["prompt_len"]
+    assert steps[1]["tokens"] == single["s2"]["tokens"] == stream_runs["hf"]["s2"]["tokens"]
+    before, after = steps[1]["prompt_ids"], steps[2]["prompt_ids"]
+    assert after[: len(before)] == before  # earlier inputs stay as they were
+    chunk_2 = single["s3"]["prompt_len"] - single["s2"]["prompt_len"]  # its block and 4 markers
+    lengths = streaming_input["lengths"]
+    # vLLM keeps those of the answer's tokens it already computed as inputs (at most all but
+    # the last sampled one; none in the runs here) in the session, then the new input
+    kept = len(after) - len(before) - (lengths["turn"] + chunk_2 + lengths["ask"])
+    assert 0 <= kept <= MAX_TOKENS - 1
+    assert after[len(before) : len(before) + kept] == steps[1]["tokens"][:kept]
+    assert len(steps[2]["tokens"]) == MAX_TOKENS
