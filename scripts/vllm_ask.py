@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Ask the server that ``make serve`` started a question about a local video, with the official
-``openai`` client, and print the answer and the token usage (the README's example).
+``openai`` client, and print the answer and the token usage (the request of docs/serving.md).
 
     python scripts/vllm_ask.py [CLIP] [--question TEXT] [--url http://127.0.0.1:8000/v1]
 

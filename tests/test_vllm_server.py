@@ -11,12 +11,14 @@ never from the plugin.
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 import openai
 import pytest
+from test_readme import SERVER_BLOCKS
 from vllm_server.expected import Layout, exact_budget_removed, uncompressed_layout
 from vllm_server.harness import AUDIO_IN_VIDEO, DEMO_CLIP, VllmServer, video_message
 
@@ -162,26 +164,38 @@ def test_malformed_media_url_gets_an_error_and_the_server_keeps_serving(
     assert _ask(client, (media / "demo_clip.mp4").as_uri(), QUESTION).usage.completion_tokens >= 1
 
 
-def test_readme_openai_request_runs_as_written(server, checkpoint, media, monkeypatch, capsys):
-    """README "Serving on vLLM": its openai-client block, run as written against this server
-    (only `make serve`'s address and the clip's folder, which this server may read, are
-    swapped in), prints the prompt tokens its comment states and this test computes."""
-    import re
+#: the documented token counts of the openai-client request of docs/serving.md
+STATED_TOKENS = re.compile(r"# (\d+) with OmniZip \(preset 45\), (\d+) with OMNIZIP=off")
 
-    from test_readme import SERVER_BLOCKS
 
-    (line, source), = SERVER_BLOCKS
+def test_the_documented_request_states_its_token_counts():
+    """One documented server block is the openai-client request whose printed prompt tokens
+    the test below checks (so that check cannot go missing with an edit of the page)."""
+    assert [f"{page}:{line}" for page, line, source in SERVER_BLOCKS if STATED_TOKENS.search(source)]
+
+
+@pytest.mark.parametrize(("page", "line", "source"), SERVER_BLOCKS,
+                         ids=[f"{page}:{line}" for page, line, _ in SERVER_BLOCKS])
+def test_documented_request_runs_as_written(server, checkpoint, media, monkeypatch, capsys,
+                                            page, line, source):
+    """Every ``# readme: needs-server`` block of README.md and docs/*.md (tests/test_readme.py
+    finds them), run as written against this server (only `make serve`'s address and the
+    clip's folder, which this server may read, are swapped in). The openai-client request of
+    docs/serving.md, "A request with the openai client", prints the prompt tokens its comment
+    states and this test computes."""
     monkeypatch.chdir(media.parent)  # the block's relative path resolves under the media folder
     source = source.replace("http://127.0.0.1:8000", server.base_url)
     source = source.replace('"omnizip/assets/demo_clip.mp4"', f'"{media.name}/demo_clip.mp4"')
-    exec(compile(source, f"README.md:{line}", "exec", dont_inherit=True), {"__name__": "__readme__"})
+    exec(compile(source, f"{page}:{line}", "exec", dont_inherit=True), {"__name__": "__readme__"})
+    stated = STATED_TOKENS.search(source)
+    if stated is None:  # a block without stated counts: running as written is its check
+        return
     printed = int(capsys.readouterr().out.split()[-1])
 
-    stated = re.search(r"# (\d+) with OmniZip \(preset 45\), (\d+) with OMNIZIP=off", source)
     family = server.model.name  # "tiny-<family>" folder of save_tiny_checkpoint's caller
     layout = uncompressed_layout(checkpoint, media / "demo_clip.mp4",
                                  "What happens in the video, and what is said?")
     assert printed == _expected_prompt_tokens(server, layout)
-    if "qwen2.5" in family:  # the README's numbers are the built-in Qwen2.5-Omni's
+    if "qwen2.5" in family:  # the page's numbers are the built-in Qwen2.5-Omni's
         on, off = int(stated.group(1)), int(stated.group(2))
         assert printed == (on if _omnizip(server) == "on" else off)
