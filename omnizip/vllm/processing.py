@@ -16,6 +16,11 @@ result:
 - the joint item's cache identity combines the video's and the audio's hashes (the encoder
   output depends on both; the same clip still maps to the same identity, so a prefix cache
   reuses the compressed prefix across questions).
+
+vLLM's processed items are cached in this (front-end) process by vLLM's processor-only cache,
+a video and its own audio as a pair (:meth:`OmniZipProcessorMixin._cached_apply_hf_processor`),
+so a repeated clip or an earlier chunk of a live stream is not preprocessed again
+(docs/serving_streams.md).
 """
 
 from __future__ import annotations
@@ -40,18 +45,22 @@ def _joint_hash(video_hash: str, audio_hash: str) -> str:
 
 class _PairedCache:
     """A view of a processor cache whose ``is_cached`` answers for (video i, audio i) pairs
-    when a prompt has as many audio items as videos (each video's own audio)."""
+    when a prompt has as many audio items as videos (each video's own audio).
+
+    vLLM asks ``is_cached`` once per modality with that modality's list of hashes (the very
+    list object it was given), which is how the two lists are recognised."""
 
     def __init__(self, cache, hashes: dict[str, list[str]]) -> None:
         self.cache = cache
-        videos, audios = hashes.get("video", []), hashes.get("audio", [])
-        self.paired = {}
-        if videos and len(videos) == len(audios):
-            both = [all(cache.is_cached([v, a])) for v, a in zip(videos, audios, strict=True)]
-            self.paired = {id(videos): both, id(audios): both}
+        self.videos, self.audios = hashes.get("video"), hashes.get("audio")
+        self.both: list[bool] | None = None
+        if self.videos and self.audios is not None and len(self.videos) == len(self.audios):
+            self.both = [all(cache.is_cached([v, a])) for v, a in zip(self.videos, self.audios, strict=True)]
 
     def is_cached(self, hashes: list[str]) -> list[bool]:
-        return self.paired.get(id(hashes)) or self.cache.is_cached(hashes)
+        if self.both is not None and (hashes is self.videos or hashes is self.audios):
+            return list(self.both)
+        return self.cache.is_cached(hashes)
 
 
 class OmniZipProcessorMixin:
