@@ -173,3 +173,42 @@ def test_stream_of_a_clip_without_audio_is_refused_with_400(server, client, chun
     again = _ask(client, chunks, uuid.uuid4().hex)
     assert again.usage.prompt_tokens == reference[2]
     assert again.choices[0].message.content == reference[0]
+
+
+def _client(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omnizip.vllm.stream_client", *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--ask-every", "0"], "--ask-every must be a positive number of seconds, got 0"),
+    (["--chunk-seconds", "-4"], "--chunk-seconds must be a positive number of seconds, got -4"),
+    (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+])
+def test_stream_client_refuses_a_bad_argument_in_one_line(media, args, expected):
+    result = _client(str(media / "clip12.mp4"), *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"omnizip.vllm.stream_client: error: {expected}"
+    assert result.stdout == ""
+
+
+def test_stream_client_refuses_a_missing_or_unreadable_clip(tmp_path):
+    missing = _client(str(tmp_path / "none.mp4"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"omnizip.vllm.stream_client: error: CLIP: no such file: {tmp_path / 'none.mp4'}"
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    result = _client(str(junk))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"omnizip.vllm.stream_client: error: CLIP: {junk} is not a readable video")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stream_client_without_a_server_says_so_in_one_line(media):
+    from vllm_server.harness import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = _client(str(media / "clip12.mp4"), "--url", url, "--no-pace", "--chunk-seconds", "4")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"omnizip.vllm.stream_client: cannot reach {url}")

@@ -53,6 +53,11 @@ class Chunk:
     url: str
 
 
+def _one_line(text: str) -> str:
+    """A tool's error output as one short line (the CLI's errors are one line)."""
+    return " ".join(text.split())[:200]
+
+
 def _duration(clip: Path) -> float:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(clip)],
@@ -60,7 +65,7 @@ def _duration(clip: Path) -> float:
     try:
         seconds = float(out.stdout.strip())
     except ValueError:
-        raise ClientError(f"CLIP: {clip} is not a readable video ({out.stderr.strip()[:200]})") from None
+        raise ClientError(f"CLIP: {clip} is not a readable video ({_one_line(out.stderr)})") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ClientError(f"CLIP: {clip} has no duration")
     return seconds
@@ -86,7 +91,7 @@ def cut_chunks(clip: Path, chunk_seconds: float) -> list[Chunk]:
                 capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise ClientError(f"CLIP: ffmpeg could not cut {clip} at {start:g} s: "
-                                  f"{proc.stderr.strip()[:200]}")
+                                  f"{_one_line(proc.stderr)}")
             data = base64.b64encode(out.read_bytes()).decode()
             chunks.append(Chunk(start, start + length, f"data:video/mp4;base64,{data}"))
     return chunks
@@ -190,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"tokens, {answer['cached_tokens']} cached, first token {answer['ttft_ms']:.0f} ms)",
                       flush=True)
     except openai.APIStatusError as exc:
-        print(f"{prog}: the server refused the request ({exc.status_code}): {exc.message}", file=sys.stderr)
+        print(f"{prog}: the server refused the request ({exc.status_code}): {_one_line(exc.message)}",
+              file=sys.stderr)
         return 1
     except openai.APIConnectionError as exc:
-        print(f"{prog}: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"{prog}: cannot reach {args.url}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
