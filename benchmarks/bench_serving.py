@@ -14,6 +14,10 @@ tokens off / on: what a prefill that is linear in the tokens would gain).
     python benchmarks/bench_serving.py [--requests 32] [--scaled] [--model DIR]
         [--venv .venv-vllm] [--json benchmarks/results/serving.json]
 
+``--streams N``: N concurrent live streams instead (benchmarks/serving_streams.py): clips of
+``--stream-seconds``, one chunk item per ``--ask-every`` seconds, a question after each chunk;
+TTFT p50/p95 per question (by stream time), prefix-cache hit rate, peak KV blocks.
+
 Default model: the built-in random-weight Qwen2.5-Omni (``--scaled``: a wider, deeper decoder,
 so that prefill rather than media decoding dominates on a CPU), saved under out/vllm/.
 Runs from the main environment; the servers run from ``--venv``.
@@ -41,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 SPEECH = [
     "The red square moves to the right while the bars stay still.",
@@ -258,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--venv", default=os.environ.get("OMNIZIP_VLLM_VENV", str(REPO / ".venv-vllm")))
     p.add_argument("--media", type=Path, default=REPO / "out" / "vllm" / "bench-media")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    p.add_argument("--streams", type=int, default=0, help="N concurrent live streams (see above)")
+    p.add_argument("--stream-seconds", type=float, default=120.0)
+    p.add_argument("--ask-every", type=float, default=10.0, help="seconds per chunk and question")
     args = p.parse_args(argv)
+    if args.streams:
+        return streams_main(args)
 
     python = Path(args.venv) / "bin" / "python"
     if not python.is_file():
@@ -299,6 +309,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nspeedup (requests/s, on / off): {measured:.2f}x; token-count prediction "
               f"(prompt tokens off / on): {predicted:.2f}x; measured / predicted: "
               f"{measured / predicted:.2f}; TTFT p50 off / on: {report['speedup']['ttft_p50']:.2f}x")
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def streams_main(args: argparse.Namespace) -> int:
+    from serving_streams import make_stream_chunks, run_streams, streams_table, summarise_streams
+
+    python = Path(args.venv) / "bin" / "python"
+    if not python.is_file():
+        print(f"bench_serving: error: no vLLM environment at {args.venv} (make vllm-setup)",
+              file=sys.stderr)
+        return 2
+    if args.ask_every <= 0 or args.ask_every % 2:
+        print("bench_serving: error: --ask-every must be a positive multiple of 2 seconds (the "
+              f"audio encoder's span), got {args.ask_every:g}", file=sys.stderr)
+        return 2
+    model = checkpoint(args)
+    clips = make_clips(args.media / "streams", [args.stream_seconds] * args.streams)
+    # one clip per stream: make_clips varies the speech per index, the length is the same
+    streams = [make_stream_chunks(c, args.stream_seconds, args.ask_every) for c in clips]
+    warmup = make_clips(args.media / "warmup", [4.0])[0]
+    args.requests = args.streams  # the server's --max-num-seqs
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    summaries, runs = {}, {}
+    for mode in args.modes.split(","):
+        log = args.json.with_name(f"{args.json.stem}-server-{mode}.log")
+        print(f"[{mode}] starting the server (log: {log})", flush=True)
+        server = Server(python, model, mode, args, log)
+        if mode == "off":
+            # vLLM 0.32's own Qwen-Omni processor caches a video and its audio separately: once
+            # a silent chunk's audio is cached from another chunk while its video is not, it
+            # refuses the request ("Video doesn't have audio track"); without the cache it
+            # serves these streams (the OmniZip plugin caches the pair together)
+            server.cmd += ["--mm-processor-cache-gb", "0"]
+        with server:
+            print(f"[{mode}] {args.streams} concurrent streams of {args.stream_seconds:.0f} s", flush=True)
+            runs[mode] = asyncio.run(run_streams(server.url, streams, warmup, args.max_tokens, server,
+                                                 metric, total_blocks))
+        summaries[mode] = summarise_streams(runs[mode], args.ask_every)
+    print(f"\nmodel {model}, {args.streams} concurrent streams of {args.stream_seconds:.0f} s, a "
+          f"question every {args.ask_every:g} s, max_tokens {args.max_tokens}, OmniZip preset "
+          f"{args.preset}; {platform.machine()}, {os.cpu_count()} CPUs\n")
+    print(streams_table(summaries))
+    report = {"model": str(model), "streams": args.streams, "stream_seconds": args.stream_seconds,
+              "ask_every": args.ask_every, "preset": args.preset,
+              "machine": f"{platform.machine()} {platform.processor()} {os.cpu_count()} CPUs",
+              "summary": summaries, "runs": runs}
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {args.json}")
     return 0

@@ -30,6 +30,8 @@ def checkpoint(tmp_path_factory):
     # `make serve`'s default preset with an override, as OMNIZIP_CONFIG gives it
     (["--preset", "45", "--omnizip-config", '{"rho_video": 1.5}'], "rho_video", "1.5"),
     (["--omnizip-config", '{"budget": "reference"}'], "budget", "'reference'"),
+    # streams are served as chunk items decided one by one (docs/serving_streams.md)
+    (["--omnizip-config", '{"causal": true}'], "causal", "True"),
     (["--omnizip-config", '{"rho_v": 0.5}'], "rho_v", "rho_v"),
     (["--omnizip-config", "[0.5]"], "--omnizip-config", "[0.5]"),
 ])

@@ -16,11 +16,17 @@ result:
 - the joint item's cache identity combines the video's and the audio's hashes (the encoder
   output depends on both; the same clip still maps to the same identity, so a prefix cache
   reuses the compressed prefix across questions).
+
+vLLM's processed items are cached in this (front-end) process by vLLM's processor-only cache,
+a video and its own audio as a pair (:meth:`OmniZipProcessorMixin._cached_apply_hf_processor`),
+so a repeated clip or an earlier chunk of a live stream is not preprocessed again
+(docs/serving_streams.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import torch
 from vllm.multimodal.inputs import MultiModalKwargsItem, MultiModalKwargsItems, PlaceholderRange
@@ -35,6 +41,26 @@ __all__ = ["OmniZipProcessorMixin"]
 
 def _joint_hash(video_hash: str, audio_hash: str) -> str:
     return hashlib.sha256(f"omnizip-joint|{video_hash}|{audio_hash}".encode()).hexdigest()
+
+
+class _PairedCache:
+    """A view of a processor cache whose ``is_cached`` answers for (video i, audio i) pairs
+    when a prompt has as many audio items as videos (each video's own audio).
+
+    vLLM asks ``is_cached`` once per modality with that modality's list of hashes (the very
+    list object it was given), which is how the two lists are recognised."""
+
+    def __init__(self, cache, hashes: dict[str, list[str]]) -> None:
+        self.cache = cache
+        self.videos, self.audios = hashes.get("video"), hashes.get("audio")
+        self.both: list[bool] | None = None
+        if self.videos and self.audios is not None and len(self.videos) == len(self.audios):
+            self.both = [all(cache.is_cached([v, a])) for v, a in zip(self.videos, self.audios, strict=True)]
+
+    def is_cached(self, hashes: list[str]) -> list[bool]:
+        if self.both is not None and (hashes is self.videos or hashes is self.audios):
+            return list(self.both)
+        return self.cache.is_cached(hashes)
 
 
 class OmniZipProcessorMixin:
@@ -53,11 +79,32 @@ class OmniZipProcessorMixin:
         return cached
 
     def _cached_apply_hf_processor(self, inputs, timing_ctx):
-        # The rewrite in `apply` reads every item's grid and audio length and moves a video's
-        # audio into the video item; vLLM's processor cache hands back cached items as None, so
-        # it is bypassed (the HF processor runs for every request; the engine-side caches of
-        # encoder outputs and of the prefix still work on the rewritten items' identities).
-        return self._apply_hf_processor(inputs, timing_ctx)
+        # vLLM's processor cache, with whole items kept in this (front-end) process. The rewrite
+        # in `apply` reads every item's grid and audio length and moves a video's audio into
+        # the video item, so it needs every item's data, while vLLM's IPC caches hand a cached
+        # item back as None (its data waits in the engine under the item's identity, which the
+        # rewrite changes). vLLM's processor-only cache hands back the whole item: a repeated
+        # clip (or an earlier chunk of a stream) is not preprocessed again; its items still
+        # travel to the engine, which stores them under the rewritten identities.
+        if inputs.cache is None:  # the server disabled the cache (mm_processor_cache_gb=0)
+            return self._apply_hf_processor(inputs, timing_ctx)
+        return super()._cached_apply_hf_processor(replace(inputs, cache=self._item_cache()), timing_ctx)
+
+    def _get_cache_missing_items(self, cache, mm_data_items, mm_hashes):
+        # A video and its own audio are processed (and rewritten) together, so they are cached
+        # as a pair: if either one is missing, both are processed again (vLLM's Qwen-Omni
+        # processor refuses videos without their audio, e.g. when a silent chunk's audio is
+        # cached from another chunk while its video is not).
+        return super()._get_cache_missing_items(_PairedCache(cache, mm_hashes), mm_data_items, mm_hashes)
+
+    def _item_cache(self):
+        cache = getattr(self, "_omnizip_item_cache", None)
+        if cache is None:
+            from vllm.multimodal.cache import MultiModalProcessorOnlyCache
+
+            cache = MultiModalProcessorOnlyCache(self.info.ctx.model_config)
+            self._omnizip_item_cache = cache
+        return cache
 
     def apply(self, inputs, timing_ctx):
         return self._compress_layout(super().apply(inputs, timing_ctx))

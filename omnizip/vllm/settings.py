@@ -25,9 +25,11 @@ CONFIG_KEY = "omnizip"
 def _refuse_causal(causal: Any) -> None:
     if causal:
         raise ValueError(
-            "omnizip.causal=True is not served by vLLM yet: the server decides each media item "
-            "offline with an exact budget; use the Hugging Face integration for streams "
-            "(omnizip.patch with OmniZipConfig(causal=True)), or leave causal unset here"
+            f"omnizip.causal must be False on vLLM, got {causal!r}: vLLM fixes each media "
+            "item's prompt slots before its encoders run, while the causal rules set a window's "
+            "kept token count from its audio scores; serve a live stream as chunk items, each "
+            "decided on its own with the exact budget (docs/serving_streams.md), or use "
+            "omnizip.stream on Hugging Face for the causal rules"
         )
 
 

@@ -11,7 +11,9 @@ entry sends several requests at once and records their outputs.
 
 Spec: ``{"model": dir, "omnizip": {...}, "max_num_batched_tokens": int,
 "tensor_parallel_size": int, "requests": [{"name", "prompt", "frames"?: npz, "audio"?: npz,
-"use_audio_in_video": bool, "salt"?: str}], "batch": [names], "max_tokens": int}``.
+"use_audio_in_video": bool, "salt"?: str}], "batch": [names], "max_tokens": int,
+"max_items"?: int}``; ``frames`` / ``audio`` may be lists of npz paths (one per item: a live
+stream's chunks).
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ import numpy as np
 import torch
 
 
+def _paths(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def _request(req: dict, salt: str | None = None) -> dict:
     data: dict = {}
+    # one npz path per item, or a list of paths: several items (a live stream's chunks)
     if req.get("frames"):
-        data["video"] = np.load(req["frames"])["frames"]
+        frames = [np.load(f)["frames"] for f in _paths(req["frames"])]
+        data["video"] = frames if isinstance(req["frames"], list) else frames[0]
     if req.get("audio"):
-        data["audio"] = (np.load(req["audio"])["audio"].astype(np.float32), 16000)
+        audio = [(np.load(f)["audio"].astype(np.float32), 16000) for f in _paths(req["audio"])]
+        data["audio"] = audio if isinstance(req["audio"], list) else audio[0]
     # a cache salt per request keeps the prefix cache from mixing cases (a shared salt on
     # purpose shows the reuse of a compressed prefix across questions)
     out = {"prompt": req["prompt"], "cache_salt": salt or req.get("salt", req["name"])}
@@ -132,7 +141,8 @@ def main() -> None:
         max_num_seqs=8,
         enable_chunked_prefill=True,
         enable_prefix_caching=True,
-        limit_mm_per_prompt={"video": 1, "audio": 1, "image": 0},
+        limit_mm_per_prompt={"video": spec.get("max_items", 1), "audio": spec.get("max_items", 1),
+                             "image": 0},
         gpu_memory_utilization=0.05,
         tensor_parallel_size=tp,
         distributed_executor_backend="mp" if tp > 1 else None,
@@ -142,7 +152,8 @@ def main() -> None:
     llm.collective_rpc(_install_capture)
     params = SamplingParams(max_tokens=spec.get("max_tokens", 3), temperature=0.0, logprobs=5)
     requests = {r["name"]: r for r in spec["requests"]}
-    results: dict = {"startup_s": startup, "single": {}, "batch": {}, "ranks": {}}
+    results: dict = {"startup_s": startup, "single": {}, "batch": {}, "ranks": {},
+                     "block_size": int(llm.llm_engine.vllm_config.cache_config.block_size)}
     for name, req in requests.items():
         llm.collective_rpc(_drain_capture)
         output = llm.generate([_request(req)], params, use_tqdm=False)[0]
