@@ -282,15 +282,22 @@ def test_exact_budget_keeps_exactly_the_target(seed):
             assert math.floor(want) - 1 <= kept <= math.ceil(want) + 1
 
 
+@pytest.mark.parametrize("split", ["scale", "shift", "even"])
 @pytest.mark.parametrize("retention", [0.2, 0.35, 0.45, 0.8])
-def test_retention_target_is_met_with_exact_budget(retention):
+def test_retention_target_is_met_with_exact_budget(retention, split):
     embeds, ids, scores = interleaved(10, 8, audio=25, seed=4)
-    res = run(embeds, ids, scores, 8, retention=retention, budget="exact")
+    res = run(embeds, ids, scores, 8, retention=retention, budget="exact", retention_split=split)
     total = res.n_audio + res.n_video
     assert abs((res.n_audio_kept + res.n_video_kept) - retention * total) <= 3
-    gap = res.rho_video - res.rho_audio
-    if res.rho_audio > 0 and res.rho_video < 0.999:
-        assert gap == pytest.approx(0.3)
+    # each rule's invariant, where no bound of [0, 1) applies (algorithm §7)
+    kept_audio, kept_video = 1 - res.rho_audio + 0.05, 1 - res.rho_video
+    if res.rho_audio > 0 and res.rho_video < 0.999 and kept_audio < 1:
+        if split == "shift":
+            assert res.rho_video - res.rho_audio == pytest.approx(0.3)
+        elif split == "scale":
+            assert kept_audio / kept_video == pytest.approx(0.75 / 0.4)
+        else:
+            assert kept_audio == pytest.approx(kept_video)
 
 
 def test_token_budget_is_met_with_exact_budget():

@@ -23,7 +23,8 @@ A, V, T = 7, 9, 1  # audio, video, text ids
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FIELDS = [
     "rho_audio", "rho_video", "contextual_ratio", "g", "min_ratio", "max_ratio", "knn",
-    "budget", "merge_scope", "audio_score", "retention", "token_budget", "frame_parity",
+    "budget", "merge_scope", "audio_score", "retention", "token_budget", "retention_split",
+    "frame_parity",
     "dynamic_ratios", "merge_anchors", "audio_selection", "seed", "block_elements",
     "causal", "causal_lookback",
 ]
@@ -150,6 +151,7 @@ def configs(draw):
         fields["retention"] = draw(st.sampled_from([1.0, 0.5, 0.1, 1e-6]))
     elif target == "token_budget":
         fields["token_budget"] = draw(st.integers(0, 200))
+    fields["retention_split"] = draw(st.sampled_from(["scale", "shift", "even"]))
     if draw(st.booleans()):
         preset = draw(st.sampled_from(sorted(PRESETS)))
         fields.pop("rho_audio")

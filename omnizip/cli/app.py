@@ -9,13 +9,13 @@ import sys
 import warnings
 from typing import Any
 
-from . import bench_cmd, eval_cmd, inspect_cmd, run_cmd, stream_cmd
+from . import bench_cmd, eval_cmd, inspect_cmd, probe_cmd, run_cmd, stream_cmd
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CLIError, Parser, one_line
 
 __all__ = ["build_parser", "main"]
 
 #: the subcommands, in the order ``--help`` lists them
-COMMANDS = (run_cmd, stream_cmd, inspect_cmd, bench_cmd, eval_cmd)
+COMMANDS = (run_cmd, stream_cmd, inspect_cmd, bench_cmd, eval_cmd, probe_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

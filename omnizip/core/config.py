@@ -28,6 +28,7 @@ MERGE_SCOPES = ("global", "window")
 AUDIO_SCORE_MODES = ("global", "windowed", "energy")
 AUDIO_SELECTIONS = ("score", "random")
 FRAME_PARITIES = ("chunk", "stream")
+RETENTION_SPLITS = ("scale", "shift", "even")
 
 # The paper's two operating points (algorithm §2): name -> (rho_audio, rho_video).
 PRESETS: dict[str, tuple[float, float]] = {"45": (0.3, 0.6), "35": (0.4, 0.7)}
@@ -73,10 +74,17 @@ class OmniZipConfig:
             each whole audio stream (reference), "windowed" attention inside the encoder's own
             attention windows, or "energy" (L2 norm of each audio token's embedding).
         retention: optional overall target, the fraction of audio+video tokens kept. When set,
-            rho_audio and rho_video are shifted by the same amount per sequence so the expected
-            kept count meets it (the gap rho_video - rho_audio of this config is preserved).
+            rho_audio and rho_video are resolved per sequence so the expected kept count meets
+            it, by the rule ``retention_split`` names (:meth:`resolve_ratios`).
         token_budget: optional absolute number of audio+video tokens to keep per sequence,
             resolved like ``retention``. Use ``budget="exact"`` to meet either exactly.
+        retention_split: how a ``retention`` / ``token_budget`` target is split between audio
+            and video (algorithm §7): ``"scale"`` (default) multiplies the kept fractions of
+            this config's rho_audio / rho_video by one factor, so their audio:video proportion
+            is kept; ``"shift"`` moves both rho by one additive amount (the rule before
+            ``"scale"``; it drives video towards zero when audio dominates the tokens);
+            ``"even"`` keeps the same fraction of each modality (the baselines' split).
+            Without a target it changes nothing.
         frame_parity: ``"chunk"`` (reference: ISTC frame parity restarts in every video
             chunk), ``"stream"`` (parity runs along each interleaved audio-video stream, and
             an odd frame is compared with the previous frame even across chunks), or None
@@ -116,6 +124,7 @@ class OmniZipConfig:
     audio_score: str = "global"
     retention: float | None = None
     token_budget: int | None = None
+    retention_split: str = "scale"
     frame_parity: str | None = None
     dynamic_ratios: bool = True
     merge_anchors: bool = True
@@ -147,6 +156,7 @@ class OmniZipConfig:
             ("audio_score", AUDIO_SCORE_MODES),
             ("audio_selection", AUDIO_SELECTIONS),
             ("frame_parity", (*FRAME_PARITIES, None)),
+            ("retention_split", RETENTION_SPLITS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -241,9 +251,18 @@ class OmniZipConfig:
         """(rho_audio, rho_video) to use for one sequence with these token counts.
 
         Without ``retention``/``token_budget`` these are the configured ratios. With a target
-        of K kept audio+video tokens, both ratios move by one shift ``t`` so that
-        ``(1 - rho_a - t + c) N_a + (1 - rho_v - t) N_v = K`` (anchors counted in the audio
-        side); where one ratio hits a bound of [0, 1) the other absorbs the remainder.
+        of K kept audio+video tokens, the expected kept count
+        ``min(1 - rho_a + c, 1) N_a + (1 - rho_v) N_v`` (anchors counted on the audio side)
+        is made to meet K by the ``retention_split`` rule (algorithm §7):
+
+        - ``"scale"``: kept fractions ``k_a = s k_a0`` and ``k_v = s k_v0`` for one factor ``s``,
+          ``k_a0 = min(1 - rho_audio + c, 1)`` and ``k_v0 = 1 - rho_video`` being this config's;
+        - ``"shift"``: ``rho_a = rho_audio + t`` and ``rho_v = rho_video + t`` for one ``t``;
+        - ``"even"``: ``k_a = k_v = s``.
+
+        Every ratio is clipped to [0, 1); where one side hits a bound (the audio side cannot
+        drop its anchors), the other absorbs the remainder. Solved by bisection on the one
+        parameter (the kept count is monotone in it), on the host: counts are host integers.
         """
         total = n_audio + n_video
         if total == 0 or (self.retention is None and self.token_budget is None):
@@ -252,24 +271,41 @@ class OmniZipConfig:
         target = min(float(target), float(total))
         ceiling = math.nextafter(1.0, 0.0)
         audio_extra = self.contextual_ratio if self.g > 0 else 0.0
-        # kept(ra, rv) = (1 - ra + extra) N_a + (1 - rv) N_v, anchors capped by the non-salient.
-
-        def kept(ra: float, rv: float) -> float:
-            audio = min((1.0 - ra + audio_extra) * n_audio, float(n_audio))
-            return audio + (1.0 - rv) * n_video
 
         def clip(x: float) -> float:
             return min(max(x, 0.0), ceiling)
 
-        # Bisection on the common shift: kept() is monotone non-increasing in t.
-        lo, hi = -2.0, 2.0
+        if self.retention_split == "shift":
+            def ratios(t: float) -> tuple[float, float]:
+                return clip(self.rho_audio + t), clip(self.rho_video + t)
+
+            lo, hi = -2.0, 2.0
+        else:
+            # kept fraction k -> ratio: audio keeps (1 - rho_a + c) N_a, video (1 - rho_v) N_v
+            if self.retention_split == "scale":
+                keep_audio = min(1.0 - self.rho_audio + audio_extra, 1.0)
+                keep_video = 1.0 - self.rho_video
+            else:
+                keep_audio = keep_video = 1.0
+
+            def ratios(t: float) -> tuple[float, float]:  # t = -s: kept falls as t grows
+                return clip(1.0 + audio_extra + t * keep_audio), clip(1.0 + t * keep_video)
+
+            lo, hi = -1.0 / min(keep_audio, keep_video), 0.0
+
+        # kept(ra, rv), anchors capped by the non-salient tokens
+        def kept(ra: float, rv: float) -> float:
+            audio = min((1.0 - ra + audio_extra) * n_audio, float(n_audio))
+            return audio + (1.0 - rv) * n_video
+
+        # Bisection on the one parameter: kept() is monotone non-increasing in it.
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            if kept(clip(self.rho_audio + mid), clip(self.rho_video + mid)) > target:
+            if kept(*ratios(mid)) > target:
                 lo = mid
             else:
                 hi = mid
-        return clip(self.rho_audio + hi), clip(self.rho_video + hi)
+        return ratios(hi)
 
 
 def _energy_ranking(audio_rows: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""The accuracy probe (docs/probe.md)."""
