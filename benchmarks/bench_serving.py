@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -41,6 +39,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from server_metrics import gather_sampled, total_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -144,16 +144,6 @@ class Server:
             return resp.read().decode()
 
 
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M)
-    return float(found.group(1)) if found else float("nan")
-
-
-def total_blocks(text: str) -> int:
-    found = re.search(r'^vllm:cache_config_info\{.*\bnum_gpu_blocks="(\d+)"', text, re.M)
-    return int(found.group(1)) if found else 0
-
-
 # ----------------------------------------------------------------------------- requests
 async def one_request(client, model: str, clip: Path, max_tokens: int) -> dict:
     start = time.perf_counter()
@@ -185,28 +175,12 @@ async def run_load(url: str, clips: list[Path], warmup: Path, max_tokens: int, s
     model = (await client.models.list()).data[0].id
     await one_request(client, model, warmup, max_tokens)
 
-    peak = {"kv": 0.0, "running": 0.0}
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            text = await asyncio.to_thread(server.metrics)
-            peak["kv"] = max(peak["kv"], metric(text, "vllm:kv_cache_usage_perc"))
-            peak["running"] = max(peak["running"], metric(text, "vllm:num_requests_running"))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=0.5)
-
-    sampler = asyncio.create_task(sample())
-    start = time.perf_counter()
-    try:
-        results = await asyncio.gather(*(one_request(client, model, c, max_tokens) for c in clips))
-    finally:
-        wall = time.perf_counter() - start
-        done.set()
-        await sampler
-    text = server.metrics()
+    results, wall, peak = await gather_sampled(
+        server.metrics, [one_request(client, model, c, max_tokens) for c in clips],
+        {"kv": "vllm:kv_cache_usage_perc", "running": "vllm:num_requests_running"},
+    )
     return {"wall": wall, "requests": results, "peak_kv_usage": peak["kv"],
-            "peak_running": peak["running"], "num_blocks": total_blocks(text)}
+            "peak_running": peak["running"], "num_blocks": total_blocks(server.metrics())}
 
 
 def summarise(run: dict) -> dict:
@@ -346,8 +320,7 @@ def streams_main(args: argparse.Namespace) -> int:
             server.cmd += ["--mm-processor-cache-gb", "0"]
         with server:
             print(f"[{mode}] {args.streams} concurrent streams of {args.stream_seconds:.0f} s", flush=True)
-            runs[mode] = asyncio.run(run_streams(server.url, streams, warmup, args.max_tokens, server,
-                                                 metric, total_blocks))
+            runs[mode] = asyncio.run(run_streams(server.url, streams, warmup, args.max_tokens, server))
         summaries[mode] = summarise_streams(runs[mode], args.ask_every)
     print(f"\nmodel {model}, {args.streams} concurrent streams of {args.stream_seconds:.0f} s, a "
           f"question every {args.ask_every:g} s, max_tokens {args.max_tokens}, OmniZip preset "

@@ -12,12 +12,12 @@ questions), the peak KV-cache blocks in use, the wall time.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import statistics
 import subprocess
 import time
 from pathlib import Path
+
+from server_metrics import gather_sampled, total_blocks
 
 QUESTION = "What is happening in the stream so far, and what is said?"
 
@@ -64,30 +64,16 @@ async def _one_stream(client, model: str, chunks: list[Path], max_tokens: int) -
 
 
 async def run_streams(url: str, streams: list[list[Path]], warmup: Path, max_tokens: int,
-                      server, metric, total_blocks) -> dict:
+                      server) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
     model = (await client.models.list()).data[0].id
     await _question(client, model, [warmup], max_tokens)
-    peak = {"kv": 0.0}
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            text = await asyncio.to_thread(server.metrics)
-            peak["kv"] = max(peak["kv"], metric(text, "vllm:kv_cache_usage_perc"))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=0.5)
-
-    sampler = asyncio.create_task(sample())
-    start = time.perf_counter()
-    try:
-        results = await asyncio.gather(*(_one_stream(client, model, s, max_tokens) for s in streams))
-    finally:
-        wall = time.perf_counter() - start
-        done.set()
-        await sampler
+    results, wall, peak = await gather_sampled(
+        server.metrics, [_one_stream(client, model, s, max_tokens) for s in streams],
+        {"kv": "vllm:kv_cache_usage_perc"},
+    )
     return {"wall": wall, "streams": results, "peak_kv_usage": peak["kv"],
             "num_blocks": total_blocks(server.metrics())}
 
