@@ -5,16 +5,16 @@ A client sends a live stream as a growing conversation: one video item (with its
 The server decides each chunk item from that item alone, so a chunk's decision and slot count
 never change when later chunks arrive, and the prefix cache reuses every earlier chunk.
 
-Reference: transformers 5.2x with ``omnizip.patch`` and a configuration that decides each media
-item of the prompt on its own (:class:`PerItem`, written here: the prompt's runs of media tokens
-cut apart, the exact-budget configuration run on each run). vLLM side: the plugin in the vLLM
-environment (tests/vllm/capture_vllm.py), chunked prefill on (128-token prefill steps), the
-three questions of one stream sharing a cache salt, then four streams sent at once.
+Reference: the Hugging Face chunk stream, ``omnizip.stream(thinker, processor, config,
+chunk_seconds=...)`` on transformers 5.2x, fed the same chunks and asked after the same chunks
+(its equality with the whole multi-item prompt decided per item is tests/test_stream_items.py).
+vLLM side: the plugin in the vLLM environment (tests/vllm/capture_vllm.py), chunked prefill on
+(128-token prefill steps), the three questions of one stream sharing a cache salt, then four
+streams sent at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference_items import chunk_session_runs
 from test_vllm_equivalence import (
     ROOT,
     _capture,
@@ -34,9 +35,6 @@ from test_vllm_equivalence import (
 )
 
 from omnizip.config import OmniZipConfig
-from omnizip.core import TokenDecision
-from omnizip.demo.media import build_inputs
-from omnizip.patch import patch
 
 CONFIG = {"preset": "45", "budget": "exact"}
 CHUNK_SECONDS = 4.0  # two 2-s windows: chunks end on Qwen2.5-Omni's audio-encoder spans
@@ -44,45 +42,6 @@ N_CHUNKS = 3
 MAX_TOKENS = 3
 PREFILL_CHUNK = 128
 QUESTION = "What happens in the stream?"
-
-
-@dataclasses.dataclass(frozen=True)
-class PerItem(OmniZipConfig):
-    """The exact-budget OmniZip configuration deciding each media item of a prompt alone.
-
-    The items of a prompt are its maximal runs of audio/video placeholder tokens (the markers
-    around each item break the runs); ``compress`` runs the plain configuration on every run
-    with that run's audio scores and stitches the keep masks and embeddings back together.
-    """
-
-    def compress(self, embeds, input_ids, *, audio_token_id, video_token_id, tokens_per_frame,
-                 audio_scores=None, video_scores=None, history=None):
-        per_frame = torch.as_tensor(tokens_per_frame).flatten().unique()
-        assert per_frame.numel() == 1, "the chunks of a stream share one resolution"
-        tokens_per_frame = int(per_frame)
-        plain = OmniZipConfig.from_dict(self.to_dict())
-        media = (input_ids == audio_token_id) | (input_ids == video_token_id)
-        edges = torch.diff(media.long(), prepend=media.new_zeros(1).long(), append=media.new_zeros(1).long())
-        starts = torch.nonzero(edges == 1).flatten().tolist()
-        ends = torch.nonzero(edges == -1).flatten().tolist()
-        keep = torch.ones_like(media)
-        out = embeds.clone()
-        is_audio = input_ids == audio_token_id
-        audio_seen = 0
-        for start, end in zip(starts, ends, strict=True):  # one entry per item (a handful)
-            n_audio = int(is_audio[start:end].sum())
-            scores = None
-            if audio_scores is not None:
-                scores = audio_scores[audio_seen : audio_seen + n_audio]
-            audio_seen += n_audio
-            res = plain.compress(embeds[start:end], input_ids[start:end],
-                                 audio_token_id=audio_token_id, video_token_id=video_token_id,
-                                 tokens_per_frame=tokens_per_frame, audio_scores=scores)
-            keep[start:end] = res.keep
-            out[start:end] = res.embeds
-        return TokenDecision(keep=keep, embeds=out,
-                             audio_positions=torch.nonzero(is_audio).flatten(),
-                             video_positions=torch.nonzero(input_ids == video_token_id).flatten())
 
 
 def _chunks(frames: np.ndarray, audio: np.ndarray, seconds: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -133,29 +92,14 @@ def _stream_request(setup, name: str, n: int, salt: str) -> tuple[dict, list]:
     return request, items
 
 
-def _hf_run(thinker, processor, items) -> dict:
-    inputs = dict(build_inputs(processor, [items], use_audio_in_video=True, fps=2.0))
-    seen: dict = {}
-
-    def on_decoder(module, args, kwargs):
-        if "embeds" not in seen:
-            seen["embeds"] = kwargs["inputs_embeds"][0].detach().clone()
-            seen["positions"] = kwargs["position_ids"][-3:, 0].detach().clone()
-
-    config = PerItem.from_dict(OmniZipConfig.preset("45", budget="exact").to_dict())
-    with patch(thinker, config), torch.no_grad():
-        hook = thinker.model.language_model.register_forward_pre_hook(on_decoder, with_kwargs=True)
-        try:
-            out = thinker.generate(**inputs, use_audio_in_video=True, max_new_tokens=MAX_TOKENS,
-                                   do_sample=False, output_logits=True, return_dict_in_generate=True)
-        finally:
-            hook.remove()
-    prompt_len = inputs["input_ids"].shape[1]
-    tokens = out.sequences[0, prompt_len:].tolist()
-    logprobs = torch.log_softmax(torch.stack(out.logits, dim=1)[0].float(), dim=-1)
-    seen["tokens"] = tokens
-    seen["logprobs"] = [float(logprobs[i, t]) for i, t in enumerate(tokens)]
-    return seen
+def _hf_session_runs(thinker, setup, name: str, ask_after: list[int], chunk_seconds: float) -> dict:
+    """The Hugging Face chunk stream (``omnizip.stream(..., chunk_seconds=...)``) fed the
+    stream's chunks, asked after each chunk count of ``ask_after``: ``{f"{name}{n}": rows,
+    positions, tokens, logprobs}``."""
+    chunks = [(c["frames"], c["audio"]) for c in setup["streams"][name][: max(ask_after)]]
+    runs = chunk_session_runs(thinker, setup["processor"], chunks, QUESTION,
+                              OmniZipConfig.preset("45"), chunk_seconds, MAX_TOKENS, ask_after)
+    return {f"{name}{n}": run for n, run in runs.items()}
 
 
 STREAM = [("s", n) for n in range(1, N_CHUNKS + 1)]
@@ -186,15 +130,20 @@ def stream_runs(stream_setup):
     }
     vllm = _capture(stream_setup, spec, "streams")
     thinker = _load_hf_thinker(stream_setup["ckpt"])
-    hf = {name: _hf_run(thinker, stream_setup["processor"], items) for name, items in hf_items.items()}
+    asked: dict[str, list[int]] = {}
+    for key in hf_items:
+        asked.setdefault(key[0], []).append(int(key[1:]))
+    hf = {}
+    for name, ns in asked.items():
+        hf.update(_hf_session_runs(thinker, stream_setup, name, sorted(set(ns)), CHUNK_SECONDS))
     torch.save({"hf": hf, "vllm": vllm}, stream_setup["work"] / "compared.pt")  # for debugging
     return {"hf": hf, "vllm": vllm}
 
 
 @pytest.mark.parametrize("n", range(1, N_CHUNKS + 1))
-def test_stream_decoder_inputs_equal_hf_per_item(stream_runs, n):
-    """The rows and positions vLLM's decoder prefills (after the cached prefix) are the HF
-    model's for the same chunks, each decided alone."""
+def test_stream_decoder_inputs_equal_the_hf_chunk_stream(stream_runs, n):
+    """The rows and positions vLLM's decoder prefills (after the cached prefix) are those the
+    Hugging Face chunk stream's cache took for the same chunks."""
     hf, got = stream_runs["hf"][f"s{n}"], stream_runs["vllm"]["single"][f"s{n}"]
     assert got["prompt_len"] == hf["embeds"].shape[0]
     cached = got["cached"]
@@ -204,7 +153,7 @@ def test_stream_decoder_inputs_equal_hf_per_item(stream_runs, n):
     assert got["prefill_chunks"] > 1 or got["prompt_len"] - cached <= PREFILL_CHUNK
 
 
-def test_stream_greedy_tokens_equal_hf_per_item(stream_runs):
+def test_stream_greedy_tokens_equal_the_hf_chunk_stream(stream_runs):
     for name, n in STREAM:
         hf, got = stream_runs["hf"][f"{name}{n}"], stream_runs["vllm"]["single"][f"{name}{n}"]
         assert got["tokens"] == hf["tokens"], n
@@ -234,7 +183,7 @@ def test_earlier_chunks_keep_their_slots_and_come_from_the_prefix_cache(stream_r
     assert single["s1"]["cached"] == 0
 
 
-def test_four_concurrent_streams_equal_hf_per_item(stream_runs):
+def test_four_concurrent_streams_equal_the_hf_chunk_stream(stream_runs):
     batch = stream_runs["vllm"]["batch"]
     for name, n in CONCURRENT:
         hf, got = stream_runs["hf"][f"{name}{n}"], batch[f"{name}{n}"]
@@ -267,12 +216,12 @@ def qwen3_stream_runs(stream_setup):
             "requests": requests}
     vllm = _capture(setup3, spec, "streams-qwen3")
     thinker = _load_hf_thinker(ckpt, "qwen3-omni")
-    hf = {name: _hf_run(thinker, setup3["processor"], items) for name, items in hf_items.items()}
+    hf = _hf_session_runs(thinker, setup3, "q", [1, 2], QWEN3_CHUNK_SECONDS)
     return {"hf": hf, "vllm": vllm}
 
 
 @pytest.mark.parametrize("n", [1, 2])
-def test_qwen3_stream_equals_hf_per_item(qwen3_stream_runs, n):
+def test_qwen3_stream_equals_the_hf_chunk_stream(qwen3_stream_runs, n):
     hf, got = qwen3_stream_runs["hf"][f"q{n}"], qwen3_stream_runs["vllm"]["single"][f"q{n}"]
     assert got["prompt_len"] == hf["embeds"].shape[0]
     cached = got["cached"]

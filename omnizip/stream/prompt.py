@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["PromptPieces", "prompt_pieces"]
+__all__ = ["ItemPromptPieces", "PromptPieces", "item_prompt_pieces", "prompt_pieces"]
 
 _QUESTION = "\x00question\x00"
 
@@ -94,3 +94,68 @@ def prompt_pieces(processor: Any, system: str | None = None) -> PromptPieces:
         after_question=end,
         tokenizer=tokenizer,
     )
+
+
+@dataclass(frozen=True)
+class ItemPromptPieces:
+    """The token ids around the media items of a chunk stream's prompt: one user turn holding
+    one video item per chunk, then the question (what a streaming client sends to vLLM).
+
+    Attributes:
+        prefix_ids: int64 ``[n]`` the text before the first item (no markers).
+        between_ids: int64 ``[m]`` the text between two items (often empty).
+        after_item: tokens after the item of a one-item prompt without a question (the end
+            of the turn and the assistant header), as the session's chunk prompts end.
+        before_question, after_question: the text between the last item and the question,
+            and after it.
+    """
+
+    prefix_ids: torch.Tensor
+    between_ids: torch.Tensor
+    after_item: int
+    before_question: str
+    after_question: str
+    tokenizer: Any
+
+    def question_ids(self, question: str) -> torch.Tensor:
+        """int64 ``[n]``: ``question`` in its template text, after the last item."""
+        if not isinstance(question, str):
+            raise TypeError(f"question must be a str, got {type(question).__name__}")
+        text = self.before_question + question + self.after_question
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                            dtype=torch.int64)
+
+
+def item_prompt_pieces(processor: Any, system: str | None = None) -> ItemPromptPieces:
+    """Cut ``processor``'s chat template at the video blocks of a prompt with two video items
+    and a question, and of one with a single item and no question."""
+    if system is not None and not isinstance(system, str):
+        raise TypeError(f"system must be a str or None, got {type(system).__name__}")
+    tokenizer = processor.tokenizer
+
+    def render(content: list[dict[str, Any]]) -> str:
+        messages: list[dict[str, Any]] = []
+        if system is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": content})
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def ids(text: str) -> torch.Tensor:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"],
+                            dtype=torch.int64)
+
+    block = processor.vision_bos_token + processor.video_token + processor.vision_eos_token
+    two = render([{"type": "video"}, {"type": "video"}, {"type": "text", "text": _QUESTION}])
+    one = render([{"type": "video"}])
+    if two.count(block) != 2 or two.count(_QUESTION) != 1 or one.count(block) != 1:
+        raise ValueError("processor: its chat template does not render one block per video "
+                         "item and the question after them")
+    before, between, rest = two.split(block)
+    before_one, after_one = one.split(block)
+    if before_one != before:
+        raise ValueError("processor: its chat template renders different text before the first "
+                         "video with and without a question")
+    before_question, after_question = rest.split(_QUESTION)
+    return ItemPromptPieces(
+        prefix_ids=ids(before), between_ids=ids(between), after_item=int(ids(after_one).numel()),
+        before_question=before_question, after_question=after_question, tokenizer=tokenizer)

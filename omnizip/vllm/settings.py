@@ -28,8 +28,9 @@ def _refuse_causal(causal: Any) -> None:
             f"omnizip.causal must be False on vLLM, got {causal!r}: vLLM fixes each media "
             "item's prompt slots before its encoders run, while the causal rules set a window's "
             "kept token count from its audio scores; serve a live stream as chunk items, each "
-            "decided on its own with the exact budget (docs/serving_streams.md), or use "
-            "omnizip.stream on Hugging Face for the causal rules"
+            "decided on its own with the exact budget (docs/serving_streams.md; on Hugging "
+            "Face: omnizip.stream(..., chunk_seconds=...)), or use omnizip.stream on Hugging "
+            "Face for the causal rules"
         )
 
 
