@@ -183,3 +183,26 @@ def test_a_patched_model_is_refused_and_its_patch_kept(fam):
             session.append(frames, audio)
         assert handle.active
     assert session.append(frames, audio)[0].index == 0
+
+
+def test_an_unpaired_tail_is_dropped_on_request(fam):
+    """``pending`` counts what no chunk holds yet; ``finish(drop_unpaired=True)`` drops a tail
+    of one kind only (here one frame past the audio) where ``finish()`` refuses it, and commits
+    a tail of both kinds as usual."""
+    model, processor = fam.thinker(**MODEL_SIZES[fam.name]), fam.processor()
+    frames, audio = _clip(fam, 6.0)
+    session = omnizip.stream(model, processor, CONFIG, chunk_seconds=CHUNK_SECONDS)
+    assert session.pending == (0, 0)
+    session.append(frames[:9], audio[: 4 * RATE])
+    assert session.pending == (1, 0) and len(session.chunks) == 1
+    with pytest.raises(ValueError, match="finish: 1 frames and no audio left"):
+        session.finish()
+    assert session.finish(drop_unpaired=True) == [] and session.finished
+    assert session.pending == (0, 0) and len(session.chunks) == 1
+    reported = session.chunks[0].as_dict()
+    assert set(reported) == {"index", "t", "end", "audio", "kept_audio", "video", "kept_video"}
+    assert (reported["index"], reported["t"], reported["end"]) == (0, 0.0, 4.0)
+    both = omnizip.stream(model, processor, CONFIG, chunk_seconds=CHUNK_SECONDS)
+    both.append(frames[:10], audio[: 5 * RATE])
+    assert both.pending == (2, RATE)
+    assert [(c.t, c.end) for c in both.finish(drop_unpaired=True)] == [(4.0, 5.0)]

@@ -53,6 +53,13 @@ class StreamChunk:
     ms: float = 0.0
     cache_tokens: int = 0
 
+    def as_dict(self) -> dict:
+        """The reported fields (``index``, ``t``, ``end``, the four counts), as
+        :meth:`StreamWindow.as_dict <omnizip.stream.StreamWindow.as_dict>` gives a window's."""
+        return {"index": self.index, "t": round(self.t, 3), "end": round(self.end, 3),
+                "audio": self.audio, "kept_audio": self.kept_audio, "video": self.video,
+                "kept_video": self.kept_video}
+
 
 class _ReachedDecoder(Exception):
     """Ends the forward of a chunk once the decoder's inputs exist."""
@@ -170,6 +177,11 @@ class ChunkStreamSession:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def pending(self) -> tuple[int, int]:
+        """``(frames, audio samples)`` appended but not in a committed chunk yet."""
+        return self._n_frames, self._n_samples
+
     # -- appending ---------------------------------------------------------------------------
     def append(self, frames: Any = None, audio: Any = None, *,
                sampling_rate: int | None = None) -> list[StreamChunk]:
@@ -199,11 +211,17 @@ class ChunkStreamSession:
             committed.append(self._commit(*self._take(self._chunk_frames, self._chunk_samples)))
         return committed
 
-    def finish(self) -> list[StreamChunk]:
+    def finish(self, *, drop_unpaired: bool = False) -> list[StreamChunk]:
         """Commit what is left as a last, shorter chunk (it needs frames and audio both: a
-        chunk item is a video with its own audio track). Idempotent."""
+        chunk item is a video with its own audio track). Idempotent.
+
+        ``drop_unpaired``: a leftover of one kind only (say the last few milliseconds of an
+        audio track that outlasts the last frame) is dropped instead of refused; see
+        :attr:`pending` before calling for what would be dropped."""
         if self._finished:
             return []
+        if drop_unpaired and bool(self._n_frames) != bool(self._n_samples):
+            self._frames, self._audio, self._n_frames, self._n_samples = [], [], 0, 0
         if bool(self._n_frames) != bool(self._n_samples):
             left = (f"{self._n_frames} frames and no audio" if self._n_frames
                     else f"{self._n_samples} audio samples and no frames")
