@@ -26,6 +26,7 @@ from .history import CausalHistory, check_history, start_history
 from .layout import FrameTable, SequenceLayout, build_layout, exclusive_cumsum, segment_ids
 from .pipeline import (
     apply_merges,
+    assemble_result,
     decision_source,
     merge_scores,
     run_pipeline,
@@ -163,9 +164,6 @@ def run_causal(
             index, keep = istc_keep(source, video_positions, inv_norm, table, keep_counts, config.knn, block)
             video_keep[index] = keep
 
-    keep = torch.ones(layout.length, dtype=torch.bool, device=device)
-    keep[audio_positions] = audio_keep
-    keep[video_positions] = video_keep
     # A call without windows (text only) resolves nothing: the first window still decides.
     has_windows = bool(layout.n_audio_chunks or layout.n_video_chunks)
     resolved = (rho_audio, rho_video) if has_windows else (hist.rho_audio, hist.rho_video)
@@ -173,24 +171,10 @@ def run_causal(
         hist, config, layout, span_scores, span_lengths, base, source, video_positions, norms,
         inv_norm, continued, *resolved,
     )
-    return CompressionResult(
-        keep=keep,
-        embeds=out_embeds,
-        audio_positions=audio_positions,
-        video_positions=video_positions,
-        salient=split.salient,
-        anchors=split.anchors,
-        merge_target=merge_target,
-        merge_weight=merge_weight,
-        audio_chunks=torch.stack([layout.audio_chunk_starts, layout.audio_chunk_lengths], 1).to(device),
-        video_chunks=torch.stack([layout.video_chunk_starts, layout.video_chunk_lengths], 1).to(device),
-        num_guided=layout.n_guided,
-        window_audio_retention=retention,
-        video_chunk_ratio=ratios,
-        rho_audio=rho_audio,
-        rho_video=rho_video,
-        first_window=hist.n_windows,
-        history=new_history,
+    return assemble_result(
+        layout, out_embeds, audio_positions, video_positions, audio_keep, video_keep, split,
+        merge_target, merge_weight, retention, ratios, rho_audio, rho_video,
+        first_window=hist.n_windows, history=new_history,
     )
 
 

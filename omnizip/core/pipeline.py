@@ -9,6 +9,8 @@ is built from the caller's tensor, so gradients reach every kept and merged toke
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .audio import (
@@ -99,7 +101,6 @@ def run_pipeline(
         )
 
     # --- Per-window audio retention S_i (step 5). ---
-    n_guided = layout.n_guided
     retention = window_audio_retention(layout, audio_keep)
 
     # --- Video ratios (steps 6-7, or the exact budget of algorithm §7) and ISTC (step 8). ---
@@ -120,12 +121,39 @@ def run_pipeline(
             )
             video_keep[index] = keep
 
+    return assemble_result(
+        layout, out_embeds, audio_positions, video_positions, audio_keep, video_keep, split,
+        merge_target, merge_weight, retention, ratios, rho_audio, rho_video,
+    )
+
+
+def assemble_result(
+    layout: SequenceLayout,
+    embeds: torch.Tensor,
+    audio_positions: torch.Tensor,
+    video_positions: torch.Tensor,
+    audio_keep: torch.Tensor,
+    video_keep: torch.Tensor,
+    split: Any,
+    merge_target: torch.Tensor,
+    merge_weight: torch.Tensor,
+    retention: torch.Tensor,
+    ratios: torch.Tensor,
+    rho_audio: float,
+    rho_video: float,
+    **extra: Any,
+) -> CompressionResult:
+    """The :class:`CompressionResult` of a decision, offline or causal (``extra``: the causal
+    fields ``first_window`` and ``history``): the keep mask ``[L]`` from the audio ``[N_a]``
+    and video ``[N_v]`` keep masks (text always kept), the windows' chunks from the layout.
+    ``split`` carries ``salient`` and ``anchors``."""
+    device = embeds.device
     keep = torch.ones(layout.length, dtype=torch.bool, device=device)
     keep[audio_positions] = audio_keep
     keep[video_positions] = video_keep
     return CompressionResult(
         keep=keep,
-        embeds=out_embeds,
+        embeds=embeds,
         audio_positions=audio_positions,
         video_positions=video_positions,
         salient=split.salient,
@@ -134,11 +162,12 @@ def run_pipeline(
         merge_weight=merge_weight,
         audio_chunks=torch.stack([layout.audio_chunk_starts, layout.audio_chunk_lengths], 1).to(device),
         video_chunks=torch.stack([layout.video_chunk_starts, layout.video_chunk_lengths], 1).to(device),
-        num_guided=n_guided,
+        num_guided=layout.n_guided,
         window_audio_retention=retention,
         video_chunk_ratio=ratios,
         rho_audio=rho_audio,
         rho_video=rho_video,
+        **extra,
     )
 
 
