@@ -304,3 +304,43 @@ def test_the_auxiliary_loss_wants_each_windows_audio_to_name_its_square():
     assert samples[1].colours.count(-1) == TASK.windows - 1
     assert loss_with_colours(0) < 1e-6
     assert loss_with_colours(1) > 1.0
+
+
+def test_the_tone_target_wants_only_the_tones_audio_to_name_a_colour():
+    """audio_colour_loss with ``loud_tokens`` (the committed recipe): the tone's audio tokens
+    name their window's colour, every other audio token names none (uniform answer logits).
+    Those logits cost ~0; naming every window's colour (the window target's optimum), or the
+    tone's colour one window off, costs more; a tone window without a square names nothing."""
+    from types import SimpleNamespace
+
+    from omnizip.probe.train import audio_colour_loss
+
+    audio_id, per_window, loud = 7, 50, 25
+    samples = [make_sample(TASK, "audio", 11), make_sample(TASK, "visual", 12)]
+    model = SimpleNamespace(config=SimpleNamespace(audio_token_id=audio_id),
+                            lm_head=lambda h: h)  # hidden size 4: the logits themselves
+    ids = torch.tensor([[1, 2] + [audio_id] * (per_window * TASK.windows) + [3]] * 2)
+
+    def loss(fill) -> float:
+        hidden = torch.zeros(2, ids.shape[1], 4)
+        for row, sample in enumerate(samples):
+            fill(hidden[row], sample)
+        return float(audio_colour_loss(model, hidden, ids, samples, loud_tokens=loud))
+
+    def tone_only(h, s, window=None):
+        w = s.tone if window is None else window
+        h[2 + w * per_window: 2 + w * per_window + loud, s.colours[s.tone]] = 60.0
+
+    def every_window(h, s):
+        for w in range(TASK.windows):
+            h[2 + w * per_window: 2 + (w + 1) * per_window, s.colours[w]] = 60.0
+
+    assert loss(tone_only) < 1e-6
+    assert loss(lambda h, s: tone_only(h, s, (s.tone + 1) % TASK.windows)) > 1.0
+    assert loss(every_window) > 1.0
+    assert abs(loss(lambda h, s: None) - float(torch.log(torch.tensor(4.0)))) < 1e-6
+    # curriculum clip: the tone's window shows no square -> every token should name nothing
+    plain = make_sample(TASK, "visual", 12, distractors=False)
+    assert plain.colours[plain.tone] == -1 and plain.tone != plain.target
+    hidden = torch.zeros(1, ids.shape[1], 4)
+    assert float(audio_colour_loss(model, hidden, ids[:1], [plain], loud_tokens=loud)) < 1e-6
