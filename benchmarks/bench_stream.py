@@ -17,6 +17,10 @@ Per stream length (``--minutes``, default 1 5 10 30) the script reports:
   lengths are marks along one stream of the longest length, run twice: without a bound (past
   Qwen2.5-Omni's 32,768 positions the position policy drops windows anyway) and with
   ``--max-cache-tokens``.
+* **chunks**: the same stream as chunk items of ``--chunk-seconds`` (default 4), each decided
+  alone with preset 45 and the exact budget (``omnizip.stream(..., chunk_seconds=...)``, what a
+  vLLM server computes): per chunk its CPU time as a real-time factor, at each length a
+  question's latency, the cache size, the kept share.
 * **offline route**: what answering costs without a session: the same media up to that length
   built into inputs at once (:func:`omnizip.stream.offline_inputs`), the model patched with
   the same causal configuration, one ``generate`` (encoders, scores, compression, prefill of
@@ -175,6 +179,52 @@ def run_session(model, processor, config, marks: list[float], args, bound: int |
     return out
 
 
+def run_chunks(model, processor, marks: list[float], args) -> dict:
+    """The same stream as chunk items (``omnizip.stream(..., chunk_seconds=...)``, the vLLM
+    layout, preset 45 with the server's exact budget): per chunk its processing time (the
+    chunk's ``ms``: processor, encoders, decision, prefill) as a real-time factor; at each
+    mark a question's latency, the cache and the memory."""
+    session = omnizip.stream(model, processor, OmniZipConfig.preset("45"),
+                             chunk_seconds=args.chunk_seconds)
+    out: dict = {"chunk_seconds": args.chunk_seconds, "marks": []}
+    chunk_cpu: list[float] = []
+    cpu = 0.0
+    next_mark = 0
+    with PeakMemory(torch.device("cpu")) as memory:
+        for index in range(round(max(marks) * 60 / CHUNK_SECONDS)):
+            frames, audio = chunk_media(index)
+            cpu_started = time.process_time()
+            committed = session.append(frames, audio)
+            spent = time.process_time() - cpu_started
+            cpu += spent
+            chunk_cpu += [spent / len(committed)] * len(committed) if committed else []
+            t = (index + 1) * CHUNK_SECONDS
+            if next_mark < len(marks) and t >= marks[next_mark] * 60:
+                asks = [timed_answer(lambda lp: session.ask(
+                    QUESTION, max_new_tokens=args.new_tokens, do_sample=False,
+                    logits_processor=lp)) for _ in range(args.asks)]
+                chunks = session.chunks
+                mark = {
+                    "minutes": marks[next_mark], "chunks": len(chunks),
+                    "cache_tokens": session.cache_tokens,
+                    "kept_share": sum(c.kept_audio + c.kept_video for c in chunks)
+                    / max(1, sum(c.audio + c.video for c in chunks)),
+                    **{key: statistics.median(a[key] for a in asks) for key in asks[0]},
+                    "rtf_overall_cpu": cpu / t,
+                    "rtf_chunk_cpu": percentiles([c / args.chunk_seconds for c in chunk_cpu]),
+                    "peak_rss_mib_so_far": _peak_now() / 2**20,
+                }
+                out["marks"].append(mark)
+                print(f"  chunks ({args.chunk_seconds:g} s) at {marks[next_mark]:g} min: answer "
+                      f"CPU {mark['answer_cpu_ms']:.0f} ms (first token "
+                      f"{mark['first_token_cpu_ms']:.0f} ms), RTF CPU {mark['rtf_overall_cpu']:.2f} "
+                      f"(per chunk median {mark['rtf_chunk_cpu']['median']:.2f}), cache "
+                      f"{session.cache_tokens} tokens, kept {mark['kept_share']:.1%}", flush=True)
+                next_mark += 1
+    out["peak_rss_mib"] = memory.peak / 2**20
+    return out
+
+
 def _peak_now() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -257,7 +307,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: CPU time then measures the work, robust to a shared machine)")
     parser.add_argument("--max-pixels", type=int, default=112 * 112)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["offline", "unbounded", "bounded"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["offline", "unbounded", "bounded", "chunks"])
+    parser.add_argument("--chunk-seconds", type=float, default=4.0,
+                        help="chunk length of the chunk-item phase (default 4)")
     parser.add_argument("--out", default="docs/bench/stream_cpu.json")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a report and exit")
     args = parser.parse_args()
@@ -299,6 +352,9 @@ def main() -> None:
     if "bounded" not in args.skip:
         report["session_bounded"] = run_session(model, processor, config, marks, args,
                                                 args.max_cache_tokens)
+        save()
+    if "chunks" not in args.skip:
+        report["chunks"] = run_chunks(model, processor, marks, args)
     save()
     print(f"wrote {out}")
     print(table(report))
