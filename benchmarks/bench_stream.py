@@ -104,6 +104,19 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
+def answers_at_mark(session, spans, args) -> dict:
+    """At a mark: the question asked ``--asks`` times on ``session`` (the median of each timing
+    of :func:`timed_answer`, and every ask), and the kept share of the committed ``spans``
+    (windows or chunks)."""
+    asks = [timed_answer(lambda lp: session.ask(
+        QUESTION, max_new_tokens=args.new_tokens, do_sample=False, logits_processor=lp))
+        for _ in range(args.asks)]
+    return {"kept_share": sum(s.kept_audio + s.kept_video for s in spans)
+            / max(1, sum(s.audio + s.video for s in spans)),
+            **{key: statistics.median(a[key] for a in asks) for key in asks[0]},
+            "asks": asks}
+
+
 def run_session(model, processor, config, marks: list[float], args, bound: int | None) -> dict:
     """One stream of ``max(marks)`` minutes; at each mark: ask, latency, RTF so far, memory."""
     session = omnizip.stream(model, processor, config, max_cache_tokens=bound)
@@ -138,9 +151,6 @@ def run_session(model, processor, config, marks: list[float], args, bound: int |
             t = (index + 1) * CHUNK_SECONDS
             cache_trace.append((t, session.cache_tokens))
             if next_mark < len(marks) and t >= marks[next_mark] * 60:
-                asks = [timed_answer(lambda lp: session.ask(
-                    QUESTION, max_new_tokens=args.new_tokens, do_sample=False,
-                    logits_processor=lp)) for _ in range(args.asks)]
                 windows = session.windows
                 rtf = [w.ms / 1000 / CHUNK_SECONDS for w in windows]
                 mark = {
@@ -148,10 +158,7 @@ def run_session(model, processor, config, marks: list[float], args, bound: int |
                     "windows": len(windows),
                     "windows_in_cache": sum(w.in_cache for w in windows),
                     "cache_tokens": session.cache_tokens,
-                    "kept_share": sum(w.kept_audio + w.kept_video for w in windows)
-                    / max(1, sum(w.audio + w.video for w in windows)),
-                    **{key: statistics.median(a[key] for a in asks) for key in asks[0]},
-                    "asks": asks,
+                    **answers_at_mark(session, windows, args),
                     "rtf_overall": processing / t,
                     "rtf_overall_cpu": cpu / t,
                     "rtf_window_cpu": percentiles([c / CHUNK_SECONDS for c in window_cpu]),
@@ -200,16 +207,11 @@ def run_chunks(model, processor, marks: list[float], args) -> dict:
             chunk_cpu += [spent / len(committed)] * len(committed) if committed else []
             t = (index + 1) * CHUNK_SECONDS
             if next_mark < len(marks) and t >= marks[next_mark] * 60:
-                asks = [timed_answer(lambda lp: session.ask(
-                    QUESTION, max_new_tokens=args.new_tokens, do_sample=False,
-                    logits_processor=lp)) for _ in range(args.asks)]
                 chunks = session.chunks
                 mark = {
                     "minutes": marks[next_mark], "chunks": len(chunks),
                     "cache_tokens": session.cache_tokens,
-                    "kept_share": sum(c.kept_audio + c.kept_video for c in chunks)
-                    / max(1, sum(c.audio + c.video for c in chunks)),
-                    **{key: statistics.median(a[key] for a in asks) for key in asks[0]},
+                    **answers_at_mark(session, chunks, args),
                     "rtf_overall_cpu": cpu / t,
                     "rtf_chunk_cpu": percentiles([c / args.chunk_seconds for c in chunk_cpu]),
                     "peak_rss_mib_so_far": _peak_now() / 2**20,

@@ -58,27 +58,26 @@ class PerItem(OmniZipConfig):
                              video_positions=torch.nonzero(input_ids == video_token_id).flatten())
 
 
-def per_item_reference(thinker, processor, items: list[dict], config: OmniZipConfig,
-                       max_new_tokens: int) -> dict:
-    """The whole prompt ``items`` (conversation items: videos with their audio, then the
-    question) through the processor and the patched thinker with ``config`` decided per item:
-    ``{"embeds" [L, D], "positions" [3, L], "tokens", "logprobs", "inputs"}`` (the decoder's
-    prefill inputs, the greedy tokens and their log-probabilities)."""
-    inputs = dict(build_inputs(processor, [items], use_audio_in_video=True, fps=2.0))
+def patched_greedy_run(thinker, inputs: dict, config, max_new_tokens: int,
+                       use_audio_in_video: bool = True) -> dict:
+    """Greedy ``generate`` of ``thinker`` patched with ``config`` on processor ``inputs``:
+    ``{"embeds" [L, D], "positions" [3, L]}`` (the decoder's prefill inputs), ``"tokens"``,
+    ``"logprobs"`` (of the greedy tokens) and ``"uncompressed_len"`` (the prompt's length
+    before compression)."""
     seen: dict = {}
 
     def on_decoder(module, args, kwargs):
         if "embeds" not in seen:
             seen["embeds"] = kwargs["inputs_embeds"][0].detach().clone()
-            seen["positions"] = kwargs["position_ids"][-3:, 0].detach().clone()
+            seen["positions"] = kwargs["position_ids"][-3:, 0].detach().clone()  # 3 M-RoPE rows
 
-    per_item = PerItem.from_dict(config.replace(budget="exact").to_dict())
     decoder = thinker.model.language_model if hasattr(thinker.model, "language_model") else thinker.model
-    with patch(thinker, per_item), torch.no_grad():
+    with patch(thinker, config), torch.no_grad():
         hook = decoder.register_forward_pre_hook(on_decoder, with_kwargs=True)
         try:
-            out = thinker.generate(**inputs, use_audio_in_video=True, max_new_tokens=max_new_tokens,
-                                   do_sample=False, output_logits=True, return_dict_in_generate=True)
+            out = thinker.generate(**inputs, use_audio_in_video=use_audio_in_video,
+                                   max_new_tokens=max_new_tokens, do_sample=False,
+                                   output_logits=True, return_dict_in_generate=True)
         finally:
             hook.remove()
     prompt_len = inputs["input_ids"].shape[1]
@@ -86,8 +85,18 @@ def per_item_reference(thinker, processor, items: list[dict], config: OmniZipCon
     logprobs = torch.log_softmax(torch.stack(out.logits, dim=1)[0].float(), dim=-1)
     seen["tokens"] = tokens
     seen["logprobs"] = [float(logprobs[i, t]) for i, t in enumerate(tokens)]
-    seen["inputs"] = inputs
+    seen["uncompressed_len"] = prompt_len
     return seen
+
+
+def per_item_reference(thinker, processor, items: list[dict], config: OmniZipConfig,
+                       max_new_tokens: int) -> dict:
+    """The whole prompt ``items`` (conversation items: videos with their audio, then the
+    question) through the processor and the patched thinker with ``config`` decided per item:
+    what :func:`patched_greedy_run` returns, plus ``"inputs"``."""
+    inputs = dict(build_inputs(processor, [items], use_audio_in_video=True, fps=2.0))
+    per_item = PerItem.from_dict(config.replace(budget="exact").to_dict())
+    return {**patched_greedy_run(thinker, inputs, per_item, max_new_tokens), "inputs": inputs}
 
 
 def chunk_session_runs(thinker, processor, chunks: list[tuple], question: str,

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference_items import patched_greedy_run
 
 from omnizip.config import OmniZipConfig
 from omnizip.demo.media import DEFAULT_SPEECH
-from omnizip.patch import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT / "tests" / "vllm" / "capture_vllm.py"
@@ -180,32 +180,8 @@ def _hf_run(thinker, processor, items, uav) -> dict:
     from omnizip.demo.media import build_inputs
 
     inputs = dict(build_inputs(processor, [items], use_audio_in_video=uav, fps=2.0))
-    seen: dict = {}
-
-    def on_decoder(module, args, kwargs):
-        if "embeds" not in seen:
-            seen["embeds"] = kwargs["inputs_embeds"][0].detach().clone()
-            pos = kwargs["position_ids"]
-            seen["positions"] = pos[-3:, 0].detach().clone()  # the 3 M-RoPE rows
-        return None
-
-    config = OmniZipConfig.preset("45", budget="exact")
-    with patch(thinker, config), torch.no_grad():
-        hook = thinker.model.language_model.register_forward_pre_hook(on_decoder, with_kwargs=True)
-        try:
-            out = thinker.generate(
-                **inputs, use_audio_in_video=uav, max_new_tokens=MAX_TOKENS, do_sample=False,
-                output_logits=True, return_dict_in_generate=True,
-            )
-        finally:
-            hook.remove()
-    prompt_len = inputs["input_ids"].shape[1]
-    tokens = out.sequences[0, prompt_len:].tolist()
-    logprobs = torch.log_softmax(torch.stack(out.logits, dim=1)[0].float(), dim=-1)
-    seen["tokens"] = tokens
-    seen["uncompressed_len"] = prompt_len
-    seen["logprobs"] = [float(logprobs[i, t]) for i, t in enumerate(tokens)]
-    return seen
+    return patched_greedy_run(thinker, inputs, OmniZipConfig.preset("45", budget="exact"),
+                              MAX_TOKENS, use_audio_in_video=uav)
 
 
 def _capture(setup, spec: dict, tag: str) -> dict:

@@ -12,10 +12,11 @@ import sys
 import types
 from typing import Any
 
+from .answer import Answer
 from .items import ChunkStreamSession, StreamChunk
 from .offline import offline_inputs
 from .retained import StreamWindow
-from .session import Answer, StreamSession
+from .session import StreamSession
 
 __all__ = ["Answer", "ChunkStreamSession", "StreamChunk", "StreamSession", "StreamWindow",
            "offline_inputs", "stream"]

@@ -11,13 +11,15 @@ is cropped back afterwards, so the stream continues as if the question had not b
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .cache import CachePiece, StreamCache
 
-__all__ = ["REFUSED_GENERATE_KWARGS", "generate_on_cache"]
+__all__ = ["REFUSED_GENERATE_KWARGS", "Answer", "answer_on_cache", "generate_on_cache"]
 
 #: generate arguments the session sets itself or cannot honour on a shared cache
 REFUSED_GENERATE_KWARGS = {
@@ -31,6 +33,18 @@ REFUSED_GENERATE_KWARGS = {
     "assistant_model": "assisted decoding crops the cache to other lengths",
     "prompt_lookup_num_tokens": "prompt-lookup decoding crops the cache to other lengths",
 }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answered question: ``t`` (stream seconds when asked), ``question``, ``text``,
+    ``tokens`` (the generated ids), ``latency_ms`` (wall time of the session's ``ask``)."""
+
+    t: float
+    question: str
+    text: str
+    tokens: list[int]
+    latency_ms: float
 
 
 def _check_kwargs(kwargs: dict) -> None:
@@ -94,3 +108,16 @@ def generate_on_cache(
     finally:
         inner.rope_deltas = saved_deltas
         cache.crop(committed)
+
+
+def answer_on_cache(thinker: Any, cache: StreamCache, embed: Any, tokenizer: Any, question: str,
+                    ids: torch.Tensor, positions: torch.Tensor, kwargs: dict, *, t: float,
+                    started: float) -> tuple[Answer, Any]:
+    """A session's ``ask`` once its prompt is built: :func:`generate_on_cache`, the new tokens
+    decoded, and the :class:`Answer` (asked at stream second ``t``; its latency from
+    ``started``, a ``time.perf_counter()`` reading). Returns (the answer, ``generate``'s raw
+    output)."""
+    new, output = generate_on_cache(thinker, cache, embed, ids, positions, kwargs)
+    text = tokenizer.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+    return Answer(round(t, 3), question, text, new.tolist(),
+                  (time.perf_counter() - started) * 1e3), output

@@ -27,38 +27,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from .answer import generate_on_cache, max_new_tokens
+from .answer import Answer, answer_on_cache, max_new_tokens
 from .cache import CachePiece, StreamCache
 from .family import stream_family
 from .media import check_audio, check_frames
 from .prompt import item_prompt_pieces
-from .session import Answer
+from .retained import CommittedSpan
 
 __all__ = ["ChunkStreamSession", "StreamChunk"]
 
 
 @dataclass
-class StreamChunk:
-    """One committed chunk item: ``index``, stream seconds ``t`` .. ``end``, its audio and
-    video tokens before and after OmniZip, ``ms`` (processing time of the chunk: processor,
-    encoders, decision, prefill) and ``cache_tokens`` (tokens in the KV cache after it)."""
+class StreamChunk(CommittedSpan):
+    """One committed chunk item: the :class:`~omnizip.stream.retained.CommittedSpan` fields
+    (``index``, stream seconds ``t`` .. ``end``, its audio and video tokens before and after
+    OmniZip), ``ms`` (processing time of the chunk: processor, encoders, decision, prefill) and
+    ``cache_tokens`` (tokens in the KV cache after it)."""
 
-    index: int
-    t: float
-    end: float
-    audio: int
-    kept_audio: int
-    video: int
-    kept_video: int
     ms: float = 0.0
     cache_tokens: int = 0
-
-    def as_dict(self) -> dict:
-        """The reported fields (``index``, ``t``, ``end``, the four counts), as
-        :meth:`StreamWindow.as_dict <omnizip.stream.StreamWindow.as_dict>` gives a window's."""
-        return {"index": self.index, "t": round(self.t, 3), "end": round(self.end, 3),
-                "audio": self.audio, "kept_audio": self.kept_audio, "video": self.video,
-                "kept_video": self.kept_video}
 
 
 class _ReachedDecoder(Exception):
@@ -345,10 +332,8 @@ class ChunkStreamSession:
             raise ValueError(f"ask: the question and up to {budget} new tokens need positions up "
                              f"to {self._next_position + ids.numel() + budget}, past the model's "
                              f"{limit}; the stream is too long for one prompt")
-        new, self.last_output = generate_on_cache(self.thinker, self._cache, self._embed, ids,
-                                                  positions, generate_kwargs)
-        text = self.processor.tokenizer.batch_decode(new[None], skip_special_tokens=True)[0].strip()
-        answer = Answer(round(self.t, 3), question, text, new.tolist(),
-                        (time.perf_counter() - started) * 1e3)
+        answer, self.last_output = answer_on_cache(
+            self.thinker, self._cache, self._embed, self.processor.tokenizer, question, ids,
+            positions, generate_kwargs, t=self.t, started=started)
         self._answers.append(answer)
-        return text
+        return answer.text

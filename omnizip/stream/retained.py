@@ -25,22 +25,20 @@ import torch
 from .cache import CachePiece
 from .pending import Group, Media
 
-__all__ = ["Bounds", "Retained", "StreamWindow", "split_decision"]
+__all__ = ["Bounds", "CommittedSpan", "Retained", "StreamWindow", "split_decision"]
 
 LOW_WATER = 0.75
 
 
 @dataclass
-class StreamWindow:
-    """One committed window (``session.windows``).
+class CommittedSpan:
+    """What a stream reports of a committed piece of media (a window of the window session, a
+    chunk item of the chunk stream).
 
     Attributes:
-        index: the window's number along the stream (the core's window index).
+        index: the piece's number along the stream (a window: the core's window index).
         t, end: its start and end on the stream clock, seconds.
         audio, kept_audio, video, kept_video: its tokens before and after compression.
-        in_cache: False once the bounded-memory policy dropped it from the cache.
-        ms: processing time attributed to it (see :attr:`StreamSession.windows`).
-        cache_tokens: tokens in the cache right after its kept tokens were prefilled.
     """
 
     index: int
@@ -50,6 +48,24 @@ class StreamWindow:
     kept_audio: int
     video: int
     kept_video: int
+
+    def as_dict(self) -> dict:
+        """The reported fields (``index``, ``t``, ``end``, the four counts)."""
+        return {"index": self.index, "t": round(self.t, 3), "end": round(self.end, 3),
+                "audio": self.audio, "kept_audio": self.kept_audio, "video": self.video,
+                "kept_video": self.kept_video}
+
+
+@dataclass
+class StreamWindow(CommittedSpan):
+    """One committed window (``session.windows``): the :class:`CommittedSpan` fields and
+
+    Attributes:
+        in_cache: False once the bounded-memory policy dropped it from the cache.
+        ms: processing time attributed to it (see :attr:`StreamSession.windows`).
+        cache_tokens: tokens in the cache right after its kept tokens were prefilled.
+    """
+
     in_cache: bool = True
     ms: float = 0.0
     cache_tokens: int = 0
@@ -60,12 +76,6 @@ class StreamWindow:
     keep: torch.Tensor | None = field(default=None, repr=False)
     embeds: torch.Tensor | None = field(default=None, repr=False)
     deepstack: list[torch.Tensor] | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict:
-        """The reported fields (``index``, ``t``, ``end``, the four counts)."""
-        return {"index": self.index, "t": round(self.t, 3), "end": round(self.end, 3),
-                "audio": self.audio, "kept_audio": self.kept_audio, "video": self.video,
-                "kept_video": self.kept_video}
 
 
 @dataclass(frozen=True)

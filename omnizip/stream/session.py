@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .answer import generate_on_cache, max_new_tokens
+from .answer import Answer, answer_on_cache, max_new_tokens
 from .cache import CachePiece, StreamCache
 from .encode import StreamEncoders
 from .family import stream_family
@@ -36,18 +35,6 @@ from .prompt import prompt_pieces
 from .retained import Bounds, Retained, StreamWindow, split_decision
 
 __all__ = ["Answer", "StreamSession"]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One answered question: ``t`` (stream seconds when asked), ``question``, ``text``,
-    ``tokens`` (the generated ids), ``latency_ms`` (wall time of :meth:`StreamSession.ask`)."""
-
-    t: float
-    question: str
-    text: str
-    tokens: list[int]
-    latency_ms: float
 
 
 def _check_int(name: str, value: Any, minimum: int, optional: bool) -> None:
@@ -353,11 +340,8 @@ class StreamSession:
                 f"ask: the question and up to {budget} new tokens need positions up to "
                 f"{first + ids.numel() + budget}, past position_limit {self.position_limit}; "
                 "raise question_positions or ask for fewer tokens")
-        new, self.last_output = generate_on_cache(self.thinker, self._cache, self._embed, ids,
-                                                  positions, generate_kwargs)
-        tokenizer = self.processor.tokenizer
-        text = tokenizer.batch_decode(new[None], skip_special_tokens=True)[0].strip()
-        answer = Answer(round(self.t, 3), question, text, new.tolist(),
-                        (time.perf_counter() - started) * 1e3)
+        answer, self.last_output = answer_on_cache(
+            self.thinker, self._cache, self._embed, self.processor.tokenizer, question, ids,
+            positions, generate_kwargs, t=self.t, started=started)
         self._answers.append(answer)
-        return text
+        return answer.text
